@@ -25,6 +25,8 @@ def free_port(host: str = LOOPBACK) -> int:
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     """True when nothing listens on ``host:port`` and we could bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers (PostgreSQL included) set SO_REUSEADDR, so TIME_WAIT leftovers don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
