@@ -1,0 +1,5 @@
+"""Alembic environment of the `web` database (see app/db/alembic_env.py)."""
+
+from app.db.alembic_env import run_migrations
+
+run_migrations()
