@@ -1,0 +1,70 @@
+"""Loyalty events (SPEC 6) and their deterministic ids.
+
+An event id is ``blake2b-128(type | effective time | causing record id | discriminator)``.
+The member id is carried on the event but deliberately *not* hashed: the causing record id
+is globally unique, so it already scopes the event to one person, and leaving the member id
+out keeps ids stable when profiles merge or a guest becomes a member. After a merge the
+absorbed profile's history is refolded under the survivor; with the member id in the hash
+all of it would come back under new ids and be emitted again as fresh "moments".
+The numbers (balance, gap, ...) are not hashed either: a late record that changes a number
+does not change the identity of the moment, so the event is not emitted twice (the corrected
+numbers reach consumers through the profile snapshot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from hashlib import blake2b
+from typing import Any
+
+from app.domain.records import format_time
+
+EVENT_TYPES = (
+    "member_enrolled",
+    "points_earned",
+    "points_reversed",
+    "points_redeemed",
+    "redemption_overdraft",
+    "points_expiring",
+    "points_expired",
+    "tier_upgraded",
+    "tier_downgraded",
+    "tier_approaching",
+    "milestone_approaching",
+    "milestone_reached",
+    "lapse_risk",
+    "profiles_merged",
+    "consent_changed",
+)
+
+
+def event_id(type_: str, effective_at: datetime, cause: str, discriminator: str = "") -> str:
+    """Same inputs, same id: consumers drop redelivered or re-emitted events by it."""
+    raw = f"{type_}|{format_time(effective_at)}|{cause}|{discriminator}".encode()
+    return blake2b(raw, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyEvent:
+    """One loyalty moment. ``data`` holds the numbers that caused it (JSON-able)."""
+
+    id: str
+    type: str
+    profile_id: str
+    member_id: str | None
+    effective_at: datetime
+    cause_record_id: str
+    data: dict[str, Any] = field(compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (times as RFC 3339 ``Z`` strings) for the adapters."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "profile_id": self.profile_id,
+            "member_id": self.member_id,
+            "effective_at": format_time(self.effective_at),
+            "cause_record_id": self.cause_record_id,
+            "data": self.data,
+        }

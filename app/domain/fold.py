@@ -1,0 +1,404 @@
+"""The event-time fold of one identity cluster (SPEC 5): records in, state and events out.
+
+A :class:`Fold` is fed records in fold order (:meth:`Record.sort_key`) and explicit clock
+advances. Before a record at time t it applies every time-driven effect due at or before t
+(an effect due at t comes before a record at t). All pending effects live in FIFO queues
+whose heads are the only candidates for "next due" (window exits and lot expiries are
+created in time order because every purchase lives the same number of days), so applying
+a record in order costs O(1) amortised. Effects due at the same instant are applied as one
+batch in this order: window exits and tier-hold expiries (then one tier re-evaluation, so a
+simultaneous exit + hold expiry yields one ``tier_downgraded``), point expiries, expiring
+notices, lapse risk.
+
+The fold never reads a clock and never does float arithmetic: multipliers are Fractions,
+amounts integer cents, times aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from app.domain.events import LoyaltyEvent, event_id
+from app.domain.lapse import lapse_deadline
+from app.domain.ledger import Ledger, Lot
+from app.domain.milestones import crossings
+from app.domain.program import CompiledProgram
+from app.domain.records import (
+    ConsentChanged,
+    MemberEnrolled,
+    PointsRedeemed,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    Record,
+    format_time,
+    member_no_order,
+)
+from app.domain.tiers import campaign_multiplier, ceil_ratio, spend_tier
+
+FAR = datetime.max.replace(tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+CONSENT_DEFAULTS = {
+    "email_opt_in": False,
+    "sms_consent": False,
+    "admt_opt_out": False,
+    "push_opt_in": False,
+    "push_token": False,
+}
+
+
+@dataclass(slots=True)
+class Purchase:
+    """What the fold remembers of a purchase: enough to apply any later refund."""
+
+    record_id: str
+    at: datetime
+    amount: int
+    refunded: int = 0
+    points: int = 0
+    reversed: int = 0
+    enrolled: bool = False
+    in_window: bool = False
+
+
+def _fraction_text(f: Fraction) -> str:
+    return str((Decimal(f.numerator) / Decimal(f.denominator)).normalize())
+
+
+class Fold:
+    """Derived state of one cluster at ``as_of``; see the module docstring for the order."""
+
+    __slots__ = (
+        "_last_purchase_record",
+        "_mult_cache",
+        "_next_due",
+        "as_of",
+        "consent",
+        "emit_since",
+        "enrolled_at",
+        "events",
+        "holds",
+        "lapse_due",
+        "lapse_first",
+        "lapse_last",
+        "lapse_n",
+        "lapse_risk",
+        "last_purchase_at",
+        "ledger",
+        "lifetime",
+        "member_id",
+        "profile_id",
+        "program",
+        "purchase_count",
+        "purchases",
+        "qualifying",
+        "tier",
+        "window",
+    )
+
+    def __init__(
+        self,
+        program: CompiledProgram,
+        profile_id: str,
+        member_id: str | None,
+        emit_since: datetime | None = None,
+        collect: bool = True,
+    ) -> None:
+        self.program = program
+        self.profile_id = profile_id
+        self.member_id = member_id
+        # Events are built only when collecting and effective at/after emit_since: a refold
+        # whose prefix is already known skips the (hashing) cost of events it would discard.
+        self.emit_since = emit_since
+        self.events: list[LoyaltyEvent] | None = [] if collect else None
+        self.as_of: datetime | None = None
+        self.enrolled_at: datetime | None = None
+        self.consent: dict[str, bool] = dict(CONSENT_DEFAULTS)
+        self.ledger = Ledger()
+        self.purchases: dict[str, Purchase] = {}
+        self.window: deque[Purchase] = deque()
+        self.qualifying = 0
+        self.tier = 0
+        self.holds: dict[int, tuple[datetime, str]] = {}
+        self.lifetime = 0
+        self.purchase_count = 0
+        self.last_purchase_at: datetime | None = None
+        self.lapse_n = 0
+        self.lapse_first: datetime | None = None
+        self.lapse_last: datetime | None = None
+        self.lapse_due: datetime | None = None
+        self.lapse_risk = False
+        self._last_purchase_record = ""
+        self._next_due = FAR  # never later than the true next due time
+        self._mult_cache: dict[tuple[int, Fraction], tuple[Fraction, str]] = {}
+
+    # -- events -------------------------------------------------------------------------
+
+    def _emit(
+        self, type_: str, at: datetime, cause: str, disc: str, data: dict[str, Any]
+    ) -> None:
+        events = self.events
+        if events is None or (self.emit_since is not None and at < self.emit_since):
+            return
+        data["balance"] = self.ledger.balance
+        events.append(
+            LoyaltyEvent(
+                event_id(type_, at, cause, disc),
+                type_,
+                self.profile_id,
+                self.member_id,
+                at,
+                cause,
+                data,
+            )
+        )
+
+    def take_events(self) -> list[LoyaltyEvent]:
+        """Events produced since the last call (in fold order)."""
+        if not self.events:
+            return []
+        out, self.events = self.events, []
+        return out
+
+    # -- driving ------------------------------------------------------------------------
+
+    def run(self, records: Iterable[Record], until: datetime | None = None) -> Fold:
+        """Apply records (already in fold order), then advance to ``until`` if later."""
+        for r in records:
+            self.apply(r)
+        if until is not None:
+            self.advance(until)
+        return self
+
+    def advance(self, to: datetime) -> None:
+        """Apply every time-driven effect due at or before ``to``."""
+        if self._next_due <= to:
+            self._run_effects(to)
+        if self.as_of is None or to > self.as_of:
+            self.as_of = to
+
+    def apply(self, r: Record) -> None:
+        """Apply one record; the caller guarantees fold order."""
+        t = r.occurred_at
+        self.advance(t)
+        if isinstance(r, PurchaseCompleted):
+            self._purchase(r, t)
+        elif isinstance(r, PurchaseRefunded):
+            self._refund(r, t)
+        elif isinstance(r, PointsRedeemed):
+            self._redeem(r, t)
+        elif isinstance(r, MemberEnrolled):
+            if self.enrolled_at is None:
+                self.enrolled_at = t
+                self._emit("member_enrolled", t, r.record_id, "", {"member_no": r.member_no})
+        elif isinstance(r, ConsentChanged):
+            changed = {k: v for k, v in r.consent if self.consent[k] != v}
+            if changed:
+                self.consent.update(changed)
+                self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
+        for i in r.identifiers:
+            if i.type == "member_no" and (
+                self.member_id is None or member_no_order(i.value) < member_no_order(self.member_id)
+            ):
+                self.member_id = i.value
+
+    # -- time-driven effects ------------------------------------------------------------
+
+    def _compute_next_due(self) -> datetime:
+        cands: list[datetime] = [FAR]
+        if self.window:
+            cands.append(self.window[0].at + self.program.window)
+        if self.holds:
+            cands.append(min(u for u, _ in self.holds.values()))
+        led = self.ledger.next_due()
+        if led is not None:
+            cands.append(led)
+        if self.lapse_due is not None and not self.lapse_risk:
+            cands.append(self.lapse_due)
+        return min(cands)
+
+    def _run_effects(self, to: datetime) -> None:
+        while True:
+            d = self._compute_next_due()
+            self._next_due = d
+            if d > to:
+                return
+            self._effects_at(d)
+
+    def _effects_at(self, d: datetime) -> None:
+        cause: str | None = None
+        reason = ""
+        win_end = self.program.window
+        while self.window and self.window[0].at + win_end <= d:
+            p = self.window.popleft()
+            if p.in_window:
+                p.in_window = False
+                self.qualifying -= p.amount - p.refunded
+                if cause is None:
+                    cause, reason = p.record_id, "window_exit"
+        for level, (until, hold_cause) in sorted(self.holds.items()):
+            if until <= d:
+                del self.holds[level]
+                if cause is None:
+                    cause, reason = hold_cause, "hold_expired"
+        if cause is not None:
+            self._retier(d, cause, reason)
+        for lot in self.ledger.expire(d):
+            self._emit(
+                "points_expired", d, lot.cause, lot.purchase_id,
+                {"points": lot.remaining, "earned_at": format_time(lot.earned_at)},
+            )
+        for lot in self.ledger.due_notices(d):
+            self._emit(
+                "points_expiring", d, lot.cause, lot.purchase_id,
+                {"points": lot.remaining, "expires_at": format_time(lot.expires_at)},
+            )
+        if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
+            self.lapse_risk = True
+            last, first, n = self.lapse_last, self.lapse_first, self.lapse_n
+            assert last is not None and first is not None
+            self._emit(
+                "lapse_risk", d, self._last_purchase_record, "",
+                {
+                    "purchases": n,
+                    "last_purchase_at": format_time(last),
+                    "mean_gap_seconds": (last - first) // _SECOND // (n - 1),
+                },
+            )
+
+    # -- tiers --------------------------------------------------------------------------
+
+    def _effective_tier(self) -> int:
+        st = spend_tier(self.program, self.qualifying)
+        if self.holds:
+            return max(st, max(self.holds))
+        return st
+
+    def _retier(self, at: datetime, cause: str, reason: str) -> None:
+        new = self._effective_tier()
+        old = self.tier
+        if new == old:
+            return
+        self.tier = new
+        names = self.program.tier_names
+        self._emit(
+            "tier_upgraded" if new > old else "tier_downgraded", at, cause, names[new],
+            {
+                "from_tier": names[old],
+                "to_tier": names[new],
+                "qualifying_spend_cents": self.qualifying,
+                "reason": reason,
+            },
+        )
+
+    # -- records ------------------------------------------------------------------------
+
+    def _multiplier(self, tier: int, at: datetime) -> tuple[Fraction, str]:
+        camp = campaign_multiplier(self.program, at) if self.program.campaigns else Fraction(1)
+        key = (tier, camp)
+        hit = self._mult_cache.get(key)
+        if hit is None:
+            m = self.program.earn_rate * self.program.tier_multipliers[tier] * camp
+            hit = (m, _fraction_text(m))
+            self._mult_cache[key] = hit
+        return hit
+
+    def _purchase(self, r: PurchaseCompleted, t: datetime) -> None:
+        a = r.amount_cents
+        p = Purchase(r.record_id, t, a)
+        self.purchases[r.purchase_id] = p
+        self.lifetime += a
+        self.purchase_count += 1
+        self.last_purchase_at = t
+        self.lapse_risk = False  # the next purchase ends a lapse episode
+        if self.enrolled_at is None:
+            return
+        prog = self.program
+        p.enrolled = p.in_window = True
+        self.window.append(p)
+        rid = r.record_id
+        tier_before = self.tier
+        mult, mult_text = self._multiplier(tier_before, t)
+        pts = (a // 100) * mult.numerator // mult.denominator
+        p.points = pts
+        led = self.ledger
+        b_before = led.balance
+        if pts:
+            expires = t + prog.lot_life
+            lot = Lot(r.purchase_id, rid, t, expires, expires - prog.notice_lead, pts)
+            repaid = led.earn(lot)
+            self._emit(
+                "points_earned", t, rid, "",
+                {"points": pts, "amount_cents": a, "multiplier": mult_text,
+                 "debt_repaid": repaid, "purchase_id": r.purchase_id},
+            )
+        q_before = self.qualifying
+        q = self.qualifying = q_before + a
+        st_before, st_after = spend_tier(prog, q_before), spend_tier(prog, q)
+        if st_after > st_before:
+            until = t + prog.hold
+            for level in range(st_before + 1, st_after + 1):
+                self.holds[level] = (until, rid)
+        self._retier(t, rid, "purchase")
+        nxt = self.tier + 1
+        if nxt < len(prog.tier_thresholds):
+            top = prog.tier_thresholds[nxt]
+            lo = ceil_ratio(top, prog.tier_approaching_ratio)
+            if q_before < lo <= q < top:
+                self._emit(
+                    "tier_approaching", t, rid, prog.tier_names[nxt],
+                    {"qualifying_spend_cents": q, "next_tier": prog.tier_names[nxt],
+                     "gap_cents": top - q},
+                )
+        if pts:
+            for kind, m in crossings(prog, b_before, led.balance):
+                self._emit(kind, t, rid, str(m),
+                           {"milestone": m, "gap_points": max(0, m - led.balance)})
+        # lapse clock: purchases made while enrolled
+        self.lapse_n += 1
+        if self.lapse_first is None:
+            self.lapse_first = t
+        self.lapse_last = t
+        self._last_purchase_record = rid
+        due = lapse_deadline(prog, self.lapse_first, t, self.lapse_n)
+        self.lapse_due = due
+        # keep _next_due a lower bound of every pending effect
+        notice = t + prog.lot_life - prog.notice_lead
+        nd = min(self._next_due, t + prog.window, t + prog.hold, notice)
+        self._next_due = nd if due is None else min(nd, due)
+
+    def _refund(self, r: PurchaseRefunded, t: datetime) -> None:
+        p = self.purchases[r.purchase_id]
+        dr = min(p.amount - p.refunded, r.amount_cents)
+        if dr <= 0:
+            return
+        p.refunded += dr
+        self.lifetime -= dr
+        if not p.enrolled:
+            return  # a purchase made before enrollment moves no points and no Q
+        rev = p.points * p.refunded // p.amount
+        inc = rev - p.reversed
+        p.reversed = rev
+        if inc:
+            to_debt = self.ledger.claw(inc, r.purchase_id)
+            self._emit(
+                "points_reversed", t, r.record_id, "",
+                {"points": inc, "refund_cents": dr, "purchase_id": r.purchase_id,
+                 "to_debt": to_debt},
+            )
+        if p.in_window:
+            self.qualifying -= dr
+            self._retier(t, r.record_id, "refund")
+
+    def _redeem(self, r: PointsRedeemed, t: datetime) -> None:
+        short = self.ledger.redeem(r.points)
+        self._emit("points_redeemed", t, r.record_id, "",
+                   {"points": r.points, "redemption_id": r.redemption_id})
+        if short:
+            self._emit("redemption_overdraft", t, r.record_id, "",
+                       {"shortfall": short, "points": r.points})

@@ -1,0 +1,126 @@
+"""The points ledger: lots, debt, earn / clawback / redemption / expiry (SPEC 5).
+
+Lots are kept in earn order, which is also expiry order (every lot lives the same number of
+days), so "oldest first" consumption and expiry both work at the front of one deque and cost
+O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
+may go negative; new earns repay debt before they create a lot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(slots=True)
+class Lot:
+    """One earn. ``remaining`` shrinks by redemptions, clawbacks and expiry."""
+
+    purchase_id: str
+    cause: str  # record id of the purchase that earned it
+    earned_at: datetime
+    expires_at: datetime
+    notice_at: datetime
+    remaining: int
+
+
+class Ledger:
+    """Lots and debt of one profile. All amounts are integer points."""
+
+    __slots__ = ("by_purchase", "debt", "lots", "notices", "total")
+
+    def __init__(self) -> None:
+        self.lots: deque[Lot] = deque()
+        self.notices: deque[Lot] = deque()  # lots whose expiring notice is still ahead
+        self.by_purchase: dict[str, Lot] = {}
+        self.total = 0  # sum of remaining over lots
+        self.debt = 0
+
+    @property
+    def balance(self) -> int:
+        return self.total - self.debt
+
+    def earn(self, lot: Lot) -> int:
+        """Add an earn of ``lot.remaining`` points; debt is repaid first. Returns the repaid."""
+        repaid = min(self.debt, lot.remaining)
+        self.debt -= repaid
+        lot.remaining -= repaid
+        if lot.remaining:
+            self.lots.append(lot)
+            self.notices.append(lot)
+            self.by_purchase[lot.purchase_id] = lot
+            self.total += lot.remaining
+        return repaid
+
+    def _take_oldest(self, points: int) -> int:
+        """Consume up to ``points`` from the oldest lots; returns what could not be taken."""
+        lots = self.lots
+        while points and lots:
+            lot = lots[0]
+            n = min(lot.remaining, points)
+            lot.remaining -= n
+            self.total -= n
+            points -= n
+            if not lot.remaining:
+                lots.popleft()
+                self.by_purchase.pop(lot.purchase_id, None)
+        return points
+
+    def claw(self, points: int, purchase_id: str) -> int:
+        """Reverse ``points``: that purchase's lot first, then oldest lots, rest to debt.
+
+        Returns the part that became debt.
+        """
+        lot = self.by_purchase.get(purchase_id)
+        if lot is not None and lot.remaining:
+            n = min(lot.remaining, points)
+            lot.remaining -= n
+            self.total -= n
+            points -= n
+        short = self._take_oldest(points)
+        self.debt += short
+        return short
+
+    def redeem(self, points: int) -> int:
+        """Consume oldest lots first; the shortfall becomes debt and is returned."""
+        short = self._take_oldest(points)
+        self.debt += short
+        return short
+
+    def next_due(self) -> datetime | None:
+        """Earliest pending expiry or expiring notice (lots emptied meanwhile are skipped)."""
+        lots, notices = self.lots, self.notices
+        while lots and not lots[0].remaining:
+            lots.popleft()
+        while notices and not notices[0].remaining:
+            notices.popleft()
+        if lots:
+            if notices and notices[0].notice_at < lots[0].expires_at:
+                return notices[0].notice_at
+            return lots[0].expires_at
+        return notices[0].notice_at if notices else None
+
+    def expire(self, at: datetime) -> list[Lot]:
+        """Expire every lot due at or before ``at``; returns them with the expired amount."""
+        out: list[Lot] = []
+        lots = self.lots
+        while lots and lots[0].expires_at <= at:
+            lot = lots.popleft()
+            self.by_purchase.pop(lot.purchase_id, None)
+            if lot.remaining:
+                out.append(Lot(lot.purchase_id, lot.cause, lot.earned_at, lot.expires_at,
+                               lot.notice_at, lot.remaining))
+                self.total -= lot.remaining
+                lot.remaining = 0
+        return out
+
+    def due_notices(self, at: datetime) -> list[Lot]:
+        """Lots whose notice is due at or before ``at`` and that still hold points."""
+        out: list[Lot] = []
+        notices = self.notices
+        while notices and notices[0].notice_at <= at:
+            lot = notices.popleft()
+            if lot.remaining:
+                out.append(lot)
+        return out
