@@ -37,7 +37,7 @@ from app.domain.records import (
     PurchaseRefunded,
     Record,
     format_time,
-    member_no_order,
+    smallest_member_no,
 )
 from app.domain.tiers import campaign_multiplier, ceil_ratio, spend_tier
 
@@ -201,11 +201,8 @@ class Fold:
             if changed:
                 self.consent.update(changed)
                 self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
-        for i in r.identifiers:
-            if i.type == "member_no" and (
-                self.member_id is None or member_no_order(i.value) < member_no_order(self.member_id)
-            ):
-                self.member_id = i.value
+        if r.identifiers:
+            self.member_id = smallest_member_no(r.identifiers, self.member_id)
 
     # -- time-driven effects ------------------------------------------------------------
 

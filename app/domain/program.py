@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from itertools import pairwise
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 

@@ -8,7 +8,7 @@ record, so the adapters can route it to ``cdp.dlq`` without a traceback in the p
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -156,6 +156,19 @@ def normalize_identifier(type_: str, value: str) -> str:
 def member_no_order(value: str) -> tuple[int, int, str]:
     """Order of member numbers for "smallest member_no": numeric when all digits."""
     return (0, int(value), value) if value.isdigit() else (1, 0, value)
+
+
+def smallest_member_no(
+    identifiers: Iterable[Identifier], current: str | None = None
+) -> str | None:
+    """The smallest ``member_no`` among ``identifiers`` and ``current`` (the member id)."""
+    best = current
+    for i in identifiers:
+        if i.type == "member_no" and (
+            best is None or member_no_order(i.value) < member_no_order(best)
+        ):
+            best = i.value
+    return best
 
 
 def parse_time(value: Any, record_id: str | None, field: str = "occurred_at") -> datetime:

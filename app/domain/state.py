@@ -1,0 +1,297 @@
+"""One identity cluster's member state: its record history plus the derived fold.
+
+This is the object the stream topology keeps per cluster (Faust table value or Postgres
+row). The history is the source of truth; the fold is a cache of "history folded up to
+``as_of``". Three ways in:
+
+* **in order** (the common case: record sorts after every stored record and is not before
+  ``as_of``): applied to the live fold, O(1) amortised; its events are returned.
+* **late** (sorts before a stored record, or before ``as_of``): the history is refolded in
+  event-time order. The events returned are those of the new fold that the old fold had not
+  produced (compared by id, only for effective times at or after the late record's time,
+  since the prefix is identical). Events of the old fold whose ids vanish are *not*
+  retracted: loyalty events are moments that were true given what was known; the corrected
+  numbers reach consumers through the next profile snapshot.
+* **merge**: :meth:`MemberState.merged` folds the union of the histories and emits the new
+  fold's events that none of the merged states had produced.
+
+Duplicates (same record id, same content) change nothing and return no events.
+``purchase.line`` and ``engagement.recorded`` records do not affect loyalty state and are
+not stored (decisioning keeps its own view of them).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from app.domain.events import LoyaltyEvent
+from app.domain.fold import Fold
+from app.domain.milestones import next_milestone_gap
+from app.domain.program import CompiledProgram
+from app.domain.records import (
+    EngagementRecorded,
+    InvalidRecord,
+    PurchaseCompleted,
+    PurchaseLine,
+    PurchaseRefunded,
+    Record,
+    UnknownPurchase,
+    format_time,
+    member_no_order,
+    parse_time,
+    record_from_data,
+    record_to_data,
+    smallest_member_no,
+)
+from app.domain.tiers import next_tier_gap
+
+FORMAT_VERSION = 1
+
+
+def _key(r: Record) -> tuple[datetime, int, str, str, str, str]:
+    return r.sort_key()
+
+
+def _time(dt: datetime | None) -> str | None:
+    return None if dt is None else format_time(dt)
+
+
+class MemberState:
+    """History + derived state of one cluster. Not thread-safe; one owner (its partition)."""
+
+    __slots__ = ("_fold", "_last_key", "profile_id", "program", "records")
+
+    def __init__(self, program: CompiledProgram, profile_id: str) -> None:
+        self.program = program
+        self.profile_id = profile_id
+        self.records: list[Record] = []  # fold order
+        self._last_key: tuple[datetime, int, str, str, str, str] | None = None
+        self._fold = Fold(program, profile_id, None)
+
+    # -- reading ------------------------------------------------------------------------
+
+    @property
+    def as_of(self) -> datetime | None:
+        return self._fold.as_of
+
+    @property
+    def member_id(self) -> str | None:
+        return self._fold.member_id
+
+    @property
+    def fold(self) -> Fold:
+        """The live derived state (read-only by convention)."""
+        return self._fold
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _validate(self, r: Record) -> None:
+        purchases = self._fold.purchases
+        if isinstance(r, PurchaseRefunded):
+            p = purchases.get(r.purchase_id)
+            if p is None:
+                raise UnknownPurchase(
+                    r.record_id, f"refund of unknown purchase {r.purchase_id!r}"
+                )
+            if r.occurred_at < p.at:
+                raise InvalidRecord(
+                    r.record_id, f"refund before its purchase {r.purchase_id!r}"
+                )
+        elif isinstance(r, PurchaseCompleted):
+            p = purchases.get(r.purchase_id)
+            if p is not None and p.record_id != r.record_id:
+                raise InvalidRecord(
+                    r.record_id,
+                    f"purchase {r.purchase_id!r} already recorded by {p.record_id}",
+                )
+
+    def add(self, r: Record) -> list[LoyaltyEvent]:
+        """Add one record; returns the loyalty events not emitted before (see module doc)."""
+        if isinstance(r, PurchaseLine | EngagementRecorded):
+            return []
+        key = r.sort_key()
+        last = self._last_key
+        fold = self._fold
+        if (last is None or key > last) and (fold.as_of is None or r.occurred_at >= fold.as_of):
+            self._validate(r)
+            self.records.append(r)
+            self._last_key = key
+            fold.apply(r)
+            return fold.take_events()
+        pos = bisect_left(self.records, key, key=_key)
+        if pos < len(self.records) and self.records[pos].record_id == r.record_id:
+            if self.records[pos] == r:
+                return []
+            raise InvalidRecord(r.record_id, "record id reused with different content")
+        self._validate(r)
+        return self._late(r, pos)
+
+    def _late(self, r: Record, pos: int) -> list[LoyaltyEvent]:
+        since = r.occurred_at
+        old = self._fold
+        until = old.as_of if old.as_of is not None and old.as_of > since else since
+        before = Fold(self.program, self.profile_id, old.member_id, emit_since=since)
+        before.run(self.records, old.as_of)
+        self.records.insert(pos, r)
+        self._last_key = self.records[-1].sort_key()
+        after = Fold(self.program, self.profile_id, old.member_id, emit_since=since)
+        after.run(self.records, until)
+        seen = {e.id for e in before.take_events()}
+        out = [e for e in after.take_events() if e.id not in seen]
+        after.emit_since = None
+        self._fold = after
+        return out
+
+    def add_many(self, records: Iterable[Record]) -> list[LoyaltyEvent]:
+        """Add records in fold order (cheap for a batch of late records too)."""
+        out: list[LoyaltyEvent] = []
+        for r in sorted(records, key=_key):
+            out.extend(self.add(r))
+        return out
+
+    def advance_to(self, at: datetime) -> list[LoyaltyEvent]:
+        """Apply time-driven effects up to ``at``; returns the new events."""
+        self._fold.advance(at)
+        return self._fold.take_events()
+
+    def refold(self, as_of: datetime | None = None, *, collect: bool = True) -> Fold:
+        """A fresh fold of the history (records at or before ``as_of``), to ``as_of``."""
+        records: Sequence[Record] = self.records
+        if as_of is not None and records and records[-1].occurred_at > as_of:
+            records = [r for r in records if r.occurred_at <= as_of]
+        until = self._fold.as_of if as_of is None else as_of
+        return Fold(self.program, self.profile_id, self.member_id, collect=collect).run(
+            records, until
+        )
+
+    @classmethod
+    def merged(
+        cls, program: CompiledProgram, profile_id: str, states: Sequence[MemberState]
+    ) -> tuple[MemberState, list[LoyaltyEvent]]:
+        """The state over the union of histories, as if it had always been one profile.
+
+        Returns the new state and the events none of ``states`` had emitted. (The
+        ``profiles_merged`` events come from identity resolution, which knows survivor and
+        absorbed.) Also used to rename a cluster (one state, new id).
+        """
+        by_id: dict[str, Record] = {}
+        for s in states:
+            for r in s.records:
+                by_id.setdefault(r.record_id, r)
+        out = cls(program, profile_id)
+        out.records = sorted(by_id.values(), key=_key)
+        out._last_key = out.records[-1].sort_key() if out.records else None
+        times = [s.as_of for s in states if s.as_of is not None]
+        until = max(times) if times else None
+        seen: set[str] = set()
+        for s in states:
+            seen.update(e.id for e in s.refold().take_events())
+        # learn the member id first so every event payload carries it
+        member_id = smallest_member_no(i for r in out.records for i in r.identifiers)
+        fold = Fold(program, profile_id, member_id).run(out.records, until)
+        out._fold = fold
+        return out, [e for e in fold.take_events() if e.id not in seen]
+
+    # -- export -------------------------------------------------------------------------
+
+    def snapshot(self, as_of: datetime | None = None) -> dict[str, Any]:
+        """Exactly the export fields of SPEC 5, JSON-able (times RFC 3339 ``Z``)."""
+        f = self._fold
+        if as_of is not None and as_of != f.as_of:
+            f = self.refold(as_of, collect=False)
+        records = self.records
+        if as_of is not None and records and records[-1].occurred_at > as_of:
+            records = [r for r in records if r.occurred_at <= as_of]
+        idents = {i.key for r in records for i in r.identifiers}
+        nos = sorted(
+            {i.value for r in records for i in r.identifiers if i.type == "member_no"},
+            key=member_no_order,
+        )
+        enrolled = f.enrolled_at is not None
+        return {
+            "member_id": nos[0] if nos else None,
+            "member_nos": nos,
+            "identifiers": sorted(idents),
+            "enrolled_at": _time(f.enrolled_at),
+            "tier": self.program.tier_names[f.tier] if enrolled else None,
+            "points_balance": f.ledger.balance,
+            "qualifying_spend_cents": f.qualifying,
+            "lifetime_spend_cents": f.lifetime,
+            "purchase_count": f.purchase_count,
+            "last_purchase_at": _time(f.last_purchase_at),
+            "lapse_risk": f.lapse_risk,
+            "consent": {
+                k: f.consent[k]
+                for k in ("email_opt_in", "sms_consent", "admt_opt_out", "push_opt_in")
+            },
+            "as_of": _time(f.as_of),
+        }
+
+    def quote_purchase(self, amount_cents: int, at: datetime) -> dict[str, Any]:
+        """What-if for decisioning: what a purchase of ``amount_cents`` at ``at`` would earn.
+
+        Uses the tier held at the state's ``as_of`` (the stream layer keeps it current)
+        and the campaigns active at ``at``. ``points_if_enrolled`` is what a non-member
+        would have earned at the base tier (the enrollment offer states it).
+        """
+        f = self._fold
+        enrolled = f.enrolled_at is not None and at >= f.enrolled_at
+        tier = f.tier if enrolled else 0
+        mult, mult_text = f._multiplier(tier, at)
+        points = (amount_cents // 100) * mult.numerator // mult.denominator
+        balance = f.ledger.balance
+        ms = next_milestone_gap(self.program, balance)
+        nt = next_tier_gap(self.program, tier, f.qualifying)
+        return {
+            "enrolled": enrolled,
+            "points": points if enrolled else 0,
+            "points_if_enrolled": points,
+            "multiplier": mult_text,
+            "tier": self.program.tier_names[tier] if enrolled else None,
+            "balance": balance,
+            "next_milestone": ms[0] if ms else None,
+            "milestone_gap_points": ms[1] if ms else None,
+            "closes_milestone_gap": bool(ms and enrolled and points >= ms[1]),
+            "next_tier": nt[0] if nt else None,
+            "tier_gap_cents": nt[1] if nt else None,
+        }
+
+    # -- storage ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Compact JSON-able form: the history and the horizon; the fold is derived."""
+        return {
+            "v": FORMAT_VERSION,
+            "profile_id": self.profile_id,
+            "as_of": _time(self._fold.as_of),
+            "records": [[r.TYPE, record_to_data(r)] for r in self.records],
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, program: CompiledProgram, d: dict[str, Any]) -> MemberState:
+        """Rebuild by refolding the stored history (no events are emitted)."""
+        if d.get("v") != FORMAT_VERSION:
+            raise ValueError(f"unsupported member state format {d.get('v')!r}")
+        out = cls(program, d["profile_id"])
+        out.records = sorted(
+            (record_from_data(t, data, currencies=program.currencies) for t, data in d["records"]),
+            key=_key,
+        )
+        out._last_key = out.records[-1].sort_key() if out.records else None
+        as_of = parse_time(d["as_of"], d["profile_id"], "as_of") if d.get("as_of") else None
+        fold = Fold(program, out.profile_id, None, collect=False).run(out.records, as_of)
+        fold.events = []
+        out._fold = fold
+        return out
+
+    @classmethod
+    def from_bytes(cls, program: CompiledProgram, blob: bytes) -> MemberState:
+        return cls.from_dict(program, orjson.loads(blob))
