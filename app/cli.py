@@ -1,0 +1,235 @@
+"""``loyalty-cdp``: the one command-line entry point (typer).
+
+Every failure a user can cause (a taken port, no Java, a bad YAML, a stack that is not up)
+ends as one line on stderr and a non-zero exit, never a traceback: :func:`main` turns the
+project's error types into that line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from app.settings import settings
+
+app = typer.Typer(
+    name="loyalty-cdp",
+    help="Event-driven customer data platform for loyalty programs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+StateDir = typer.Option(
+    None,
+    "--state-dir",
+    help="State directory of the embedded stack (default: $LOYALTY_CDP_STATE_DIR or ./.loyalty-cdp).",
+)
+
+
+def state_dir_or_default(state_dir: Path | None) -> Path:
+    return (state_dir or settings().state_dir).resolve()
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def up(
+    state_dir: Path | None = StateDir,
+    pg_port: int | None = typer.Option(None, help="PostgreSQL port (default: kept from the last up, else free)."),
+    broker_port: int | None = typer.Option(None, help="Broker port (default: kept, else free)."),
+    api_port: int | None = typer.Option(None, help="Worker web/API port (default: kept, else free)."),
+    clock: str | None = typer.Option(None, help="'wall' (default) or 'manual' (moves only with records and `clock tick`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON when up."),
+) -> None:
+    """Start the embedded stack (PostgreSQL, broker, Debezium, worker); a no-op if it runs."""
+    from app.stack.embedded import status as stack_status
+    from app.stack.embedded import up as stack_up
+
+    sd = state_dir_or_default(state_dir)
+    if clock not in (None, "wall", "manual"):
+        raise typer.BadParameter("must be 'wall' or 'manual'", param_hint="--clock")
+    try:
+        current = stack_status(sd)
+        if all(v == "up" for v in current["components"].values()):
+            _say(f"stack already running in {sd}")
+            typer.echo(json.dumps(current, indent=2) if as_json else _summary(current))
+            return
+    except Exception:  # no stack yet, or a partial one: start what is missing
+        pass
+    t0 = time.monotonic()
+    st = stack_up(sd, pg_port=pg_port, broker_port=broker_port, api_port=api_port, clock=clock, say=_say)
+    _say(f"up in {time.monotonic() - t0:.1f}s")
+    typer.echo(json.dumps(st, indent=2) if as_json else _summary(st))
+
+
+def _summary(st: dict[str, object]) -> str:
+    lines = [f"{k:8} {v}" for k, v in st["components"].items()]  # type: ignore[attr-defined]
+    lines += [f"broker   {st['broker']}", f"api      {st['api']}", f"store    {st['store']}"]
+    lines += [f"source   {v}" for v in st["sources"].values()]  # type: ignore[attr-defined]
+    return "\n".join(lines)
+
+
+@app.command()
+def down(state_dir: Path | None = StateDir) -> None:
+    """Stop every process of the embedded stack (data stays in the state dir)."""
+    from app.stack.embedded import down as stack_down
+
+    stopped = stack_down(state_dir_or_default(state_dir), say=_say)
+    _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command()
+def status(
+    state_dir: Path | None = StateDir,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+) -> None:
+    """Show components, DSNs, the broker address, the API URL and lag."""
+    from app.stack.embedded import status as stack_status
+
+    st = stack_status(state_dir_or_default(state_dir))
+    typer.echo(json.dumps(st, indent=2) if as_json else _summary(st))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    state_dir: Path | None = StateDir,
+    broker: str | None = typer.Option(None, help="Kafka bootstrap servers host:port[,...] (production)."),
+    web_port: int | None = typer.Option(None, help="Port of the health/metrics/API web server."),
+) -> None:
+    """Run one stream worker in the foreground (production; `up` starts one for you)."""
+    from streams.worker import main as worker_main
+
+    argv: list[str] = []
+    if broker:
+        argv += ["--broker", broker]
+    if web_port:
+        argv += ["--web-port", str(web_port)]
+    if not broker:
+        argv += ["--state-dir", str(state_dir_or_default(state_dir))]
+    sys.argv = [sys.argv[0], "worker", *ctx.args]
+    raise typer.Exit(worker_main(argv))
+
+
+topics_app = typer.Typer(help="Kafka topics of the declared topic plan.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("apply")
+def topics_apply(
+    state_dir: Path | None = StateDir,
+    bootstrap: str | None = typer.Option(None, help="Bootstrap servers (default: the embedded broker)."),
+    replication_factor: int = typer.Option(1, min=1, help="Replication factor of new topics."),
+) -> None:
+    """Create every topic of config/topics.yaml and the connectors' change topics that is missing."""
+    from app.cdc.connectors import load_connectors
+    from app.stack.topics import apply_topics, load_plan
+
+    cfg = settings()
+    if bootstrap is None:
+        bootstrap = _embedded_broker(state_dir)
+    plan = load_plan(cfg.topics_file, load_connectors(cfg.connectors_dir))
+    for name, result in apply_topics(bootstrap, plan, replication_factor).items():
+        typer.echo(f"{result:8} {name}")
+
+
+def _embedded_broker(state_dir: Path | None) -> str:
+    from app.stack.errors import StackError
+    from app.stack.state import StackPaths
+
+    st = StackPaths(state_dir_or_default(state_dir)).load()
+    if st is None:
+        raise StackError("no embedded stack: run `loyalty-cdp up` or pass --bootstrap")
+    return st.broker
+
+
+connectors_app = typer.Typer(help="Debezium connectors rendered from connectors/*.yaml.", no_args_is_help=True)
+app.add_typer(connectors_app, name="connectors")
+
+
+@connectors_app.command("render")
+def connectors_render(
+    target: str = typer.Option("connect", help="'connect' (Kafka Connect REST config) or 'embedded'."),
+    state_dir: Path | None = StateDir,
+) -> None:
+    """Print the connector configs of every source as JSON."""
+    from app.cdc.connectors import load_connectors, render_connect, render_embedded
+    from app.stack.postgres import SUPERUSER
+    from app.stack.state import StackPaths
+
+    specs = load_connectors(settings().connectors_dir)
+    if target == "connect":
+        typer.echo(json.dumps([render_connect(s) for s in specs], indent=2))
+    elif target == "embedded":
+        paths = StackPaths(state_dir_or_default(state_dir))
+        st = paths.load()
+        port = st.pg_port if st else 5432
+        out = {
+            s.name: render_embedded(
+                s, host="127.0.0.1", port=port, user=SUPERUSER,
+                offsets_file=paths.cdc_dir / f"{s.name}.offsets",
+            )
+            for s in specs
+        }
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        raise typer.BadParameter("must be 'connect' or 'embedded'", param_hint="--target")
+
+
+@connectors_app.command("apply")
+def connectors_apply(
+    connect_url: str = typer.Option(..., "--connect-url", help="Kafka Connect REST URL, e.g. http://connect:8083."),
+) -> None:
+    """PUT each rendered config to <connect-url>/connectors/<name>/config."""
+    from app.cdc.apply import apply_connectors
+
+    for name, code in apply_connectors(connect_url).items():
+        typer.echo(f"{code} {name}")
+
+
+def _register_optional() -> None:
+    """Mount the sub-commands that live in their own modules."""
+    from app.db.cli import app as db_app
+
+    app.add_typer(db_app, name="db")
+    try:
+        from app.simulate_cli import register as register_simulate
+    except ImportError:
+        pass
+    else:
+        register_simulate(app)
+    try:
+        from app.domain_cli import register as register_domain
+    except ImportError:
+        pass
+    else:
+        register_domain(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit 1, never a traceback."""
+    from app.stack.errors import StackError
+    from app.stack.postgres import PostgresError
+
+    try:
+        app(standalone_mode=True)
+    except (StackError, PostgresError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__" or os.environ.get("_LOYALTY_CDP_DEBUG") == "main":
+    main()
