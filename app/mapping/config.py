@@ -215,7 +215,10 @@ def _parse(path: Path) -> tuple[MappingFile | None, list[str]]:
         errors = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            errors.append(f"{_key_path(err['loc'])}: {msg}")
+            loc = err["loc"]
+            if loc and loc[-1] == "[key]":  # a bad dict key: name it, not pydantic's marker
+                loc, msg = loc[:-1], f"bad key: {msg}"
+            errors.append(f"{_key_path(loc)}: {msg}")
         return None, errors
 
 
