@@ -1,0 +1,163 @@
+"""Identity resolution (SPEC 4): connected components over merging identifiers.
+
+An incremental union-find whose nodes are
+
+* ``i:<type>:<value>`` for every identifier whose type is configured ``merge: true``;
+* ``p:<purchase_id>`` for purchases, refunds and lines, so a refund lands with its
+  purchase (POS returns carry no identifiers) and an anonymous purchase is resolvable;
+* ``r:<record_id>`` for a record with neither (e.g. only a phone number): its own guest.
+
+A non-merging identifier (phone by default) is *attached* to the cluster of its record but
+never joins two clusters: two people sharing a household phone stay two profiles.
+
+Cluster ids are functions of the cluster's contents only, so the final grouping and the
+ids do not depend on arrival order: ``member:<smallest member_no>`` when the cluster holds a
+member number, else ``guest:<hash of the earliest record id>`` where "earliest" is the
+smallest ``(occurred_at, record_id)`` of the cluster's records. The same rule names the
+survivor of a merge: the profile holding the smallest member_no; guests merge into members;
+between guests the earliest-seen. Which ``profiles_merged`` events are emitted does depend
+on arrival order (they describe what the pipeline learnt, and when), their survivor does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from hashlib import blake2b
+
+from app.domain.events import LoyaltyEvent, event_id
+from app.domain.program import CompiledProgram
+from app.domain.records import (
+    PurchaseCompleted,
+    PurchaseLine,
+    PurchaseRefunded,
+    Record,
+    UnknownPurchase,
+    member_no_order,
+)
+
+
+@dataclass(slots=True)
+class _Cluster:
+    earliest: tuple[datetime, str]
+    member_nos: set[str] = field(default_factory=set)
+    identifiers: set[str] = field(default_factory=set)
+
+    def cluster_id(self) -> str:
+        if self.member_nos:
+            return "member:" + min(self.member_nos, key=member_no_order)
+        digest = blake2b(self.earliest[1].encode(), digest_size=8).hexdigest()
+        return "guest:" + digest
+
+    def absorb(self, other: _Cluster) -> None:
+        self.earliest = min(self.earliest, other.earliest)
+        self.member_nos |= other.member_nos
+        self.identifiers |= other.identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where a record lands.
+
+    ``previous_ids``: ids of clusters that existed before this record and are now part of
+    ``cluster_id`` (other than ``cluster_id`` itself). The stream layer moves their member
+    states into ``cluster_id`` (``MemberState.merged``). A single previous id with no
+    ``profiles_merged`` event is a rename (a guest became a member, or an earlier record
+    changed a guest's earliest record).
+    """
+
+    record_id: str
+    cluster_id: str
+    previous_ids: tuple[str, ...]
+    events: tuple[LoyaltyEvent, ...]
+
+
+class IdentityGraph:
+    """All clusters known to one resolver. ``add`` is O(α(n)) per identifier."""
+
+    __slots__ = ("_clusters", "_parent", "_program")
+
+    def __init__(self, program: CompiledProgram) -> None:
+        self._program = program
+        self._parent: dict[str, str] = {}
+        self._clusters: dict[str, _Cluster] = {}  # root node -> cluster
+
+    def _find(self, node: str) -> str:
+        parent = self._parent
+        root = node
+        while parent[root] != root:
+            root = parent[root]
+        while parent[node] != root:
+            parent[node], node = root, parent[node]
+        return root
+
+    def _nodes(self, r: Record) -> list[str]:
+        merging = self._program.merging
+        nodes = [f"i:{i.type}:{i.value}" for i in r.identifiers if i.type in merging]
+        if isinstance(r, PurchaseCompleted | PurchaseRefunded | PurchaseLine):
+            pnode = "p:" + r.purchase_id
+            if not nodes and pnode not in self._parent and not isinstance(r, PurchaseCompleted):
+                raise UnknownPurchase(
+                    r.record_id, f"no identifiers and unknown purchase {r.purchase_id!r}"
+                )
+            nodes.append(pnode)
+        return nodes or ["r:" + r.record_id]
+
+    def add(self, r: Record) -> Resolution:
+        """Resolve a record (idempotent for duplicates) and report merges and renames."""
+        nodes = self._nodes(r)
+        parent, clusters = self._parent, self._clusters
+        roots = sorted({self._find(n) for n in nodes if n in parent})
+        before = {root: clusters[root].cluster_id() for root in roots}
+        for n in nodes:
+            if n not in parent:
+                parent[n] = n
+        root = roots[0] if roots else nodes[0]
+        if not roots:
+            clusters[root] = _Cluster((r.occurred_at, r.record_id))
+        cluster = clusters[root]
+        for other in roots[1:]:
+            cluster.absorb(clusters.pop(other))
+            parent[other] = root
+        for n in nodes:
+            parent[self._find(n)] = root
+        cluster.earliest = min(cluster.earliest, (r.occurred_at, r.record_id))
+        for i in r.identifiers:
+            cluster.identifiers.add(i.key)
+            if i.type == "member_no":
+                cluster.member_nos.add(i.value)
+        new_id = cluster.cluster_id()
+        previous = tuple(sorted({cid for cid in before.values() if cid != new_id}))
+        events: tuple[LoyaltyEvent, ...] = ()
+        if len(roots) > 1:
+            member_id = min(cluster.member_nos, key=member_no_order) if cluster.member_nos else None
+            events = tuple(
+                LoyaltyEvent(
+                    event_id("profiles_merged", r.occurred_at, r.record_id, absorbed),
+                    "profiles_merged",
+                    new_id,
+                    member_id,
+                    r.occurred_at,
+                    r.record_id,
+                    {"survivor": new_id, "absorbed": absorbed},
+                )
+                for absorbed in sorted(set(before.values()) - {new_id})
+            )
+        return Resolution(r.record_id, new_id, previous, events)
+
+    def cluster_of(self, type_: str, value: str) -> str | None:
+        """Cluster id holding a (normalised) merging identifier, if known."""
+        node = f"i:{type_}:{value}"
+        if node not in self._parent:
+            return None
+        return self._clusters[self._find(node)].cluster_id()
+
+    def cluster_of_purchase(self, purchase_id: str) -> str | None:
+        node = "p:" + purchase_id
+        if node not in self._parent:
+            return None
+        return self._clusters[self._find(node)].cluster_id()
+
+    def clusters(self) -> dict[str, list[str]]:
+        """cluster id -> sorted identifiers (``type:value``), for tests and export."""
+        return {c.cluster_id(): sorted(c.identifiers) for c in self._clusters.values()}
