@@ -28,7 +28,13 @@ def _ts(rng: random.Random, i: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + frac + "Z"
 
 
-def _change(op: str, after: dict[str, Any] | None, before: dict[str, Any] | None = None) -> Any:
+def change_event(
+    op: str,
+    after: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
+    ts_ms: int = 1_772_360_100_000,
+) -> dict[str, Any]:
+    """A Debezium PostgreSQL change-event value, as the JsonConverter writes it (schemas off)."""
     return {
         "before": before,
         "after": after,
@@ -36,7 +42,7 @@ def _change(op: str, after: dict[str, Any] | None, before: dict[str, Any] | None
             "version": "3.1.0.Final",
             "connector": "postgresql",
             "name": "x",
-            "ts_ms": 1_772_360_100_000,
+            "ts_ms": ts_ms,
             "snapshot": "true" if op == "r" else "false",
             "db": "x",
             "schema": "public",
@@ -45,7 +51,7 @@ def _change(op: str, after: dict[str, Any] | None, before: dict[str, Any] | None
             "lsn": 123456,
         },
         "op": op,
-        "ts_ms": 1_772_360_100_500,
+        "ts_ms": ts_ms + 40,
     }
 
 
@@ -67,10 +73,10 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "currency": "USD",
                 "occurred_at": ts,
             }
-            out.append(("pos.public.transactions", orjson.dumps(_change("c", row))))
+            out.append(("pos.public.transactions", orjson.dumps(change_event("c", row))))
         elif k == 1:
             row = {"txn_id": f"T{i}", "line_no": 1, "sku": "SKU1", "qty": 2, "unit_price": money}
-            out.append(("pos.public.transaction_lines", orjson.dumps(_change("c", row))))
+            out.append(("pos.public.transaction_lines", orjson.dumps(change_event("c", row))))
         elif k == 2:
             row = {
                 "card_no": f"K{i}",
@@ -78,10 +84,10 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "phone": "+1 555 0100",
                 "issued_at": ts,
             }
-            out.append(("pos.public.loyalty_cards", orjson.dumps(_change("r", row))))
+            out.append(("pos.public.loyalty_cards", orjson.dumps(change_event("r", row))))
         elif k == 3:
             row = {"return_id": f"R{i}", "txn_id": f"T{i}", "amount": "1.00", "occurred_at": ts}
-            out.append(("pos.public.returns", orjson.dumps(_change("c", row))))
+            out.append(("pos.public.returns", orjson.dumps(change_event("c", row))))
         elif k == 4:
             before = {
                 "customer_id": f"C{i}",
@@ -94,7 +100,7 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "updated_at": ts,
             }
             after = dict(before, email_opt_in=rng.random() < 0.5, updated_at=_ts(rng, i + 1))
-            out.append(("web.public.customers", orjson.dumps(_change("u", after, before))))
+            out.append(("web.public.customers", orjson.dumps(change_event("u", after, before))))
         elif k in (5, 6):
             status = ("placed", "paid") if k == 5 else ("paid", "partially_refunded")
             before = {
@@ -112,10 +118,10 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 updated_at=_ts(rng, i + 1),
                 refunded_amount="0.00" if k == 5 else "0.50",
             )
-            out.append(("web.public.orders", orjson.dumps(_change("u", after, before))))
+            out.append(("web.public.orders", orjson.dumps(change_event("u", after, before))))
         elif k == 7:
             row = {"order_id": f"O{i}", "line_no": 2, "sku": "SKU2", "qty": 1, "unit_price": money}
-            out.append(("web.public.order_items", orjson.dumps(_change("c", row))))
+            out.append(("web.public.order_items", orjson.dumps(change_event("c", row))))
         elif k == 8:
             before = {
                 "user_id": f"U{i}",
@@ -127,7 +133,7 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "updated_at": ts,
             }
             after = dict(before, member_no=f"M{i}", updated_at=_ts(rng, i + 1))
-            out.append(("app.public.users", orjson.dumps(_change("u", after, before))))
+            out.append(("app.public.users", orjson.dumps(change_event("u", after, before))))
         elif k == 9:
             row = {
                 "purchase_id": f"P{i}",
@@ -136,7 +142,7 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "currency": "USD",
                 "occurred_at": ts,
             }
-            out.append(("app.public.purchases", orjson.dumps(_change("c", row))))
+            out.append(("app.public.purchases", orjson.dumps(change_event("c", row))))
         elif k == 10:
             row = {
                 "redemption_id": f"D{i}",
@@ -145,7 +151,7 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "reward_code": "R5",
                 "occurred_at": ts,
             }
-            out.append(("app.public.redemptions", orjson.dumps(_change("c", row))))
+            out.append(("app.public.redemptions", orjson.dumps(change_event("c", row))))
         else:
             row = {
                 "event_id": f"E{i}",
@@ -154,7 +160,7 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
                 "sku": "SKU3",
                 "occurred_at": ts,
             }
-            out.append(("app.public.app_events", orjson.dumps(_change("c", row))))
+            out.append(("app.public.app_events", orjson.dumps(change_event("c", row))))
     return out
 
 

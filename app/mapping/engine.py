@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from app.domain.records import normalize_identifier
 from app.mapping.cloudevents import CanonicalEvent, envelope, event_id, record_key
 from app.mapping.config import (
     TEMPLATE_RE,
@@ -34,7 +35,6 @@ from app.mapping.convert import (
     to_timestamp,
 )
 from app.mapping.errors import MappingError
-from app.mapping.normalize import normalize_identifier
 
 Row = dict[str, Any]
 Getter = Callable[[Row, Row | None], Any]

@@ -15,10 +15,10 @@ import orjson
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 from jsonschema.exceptions import best_match  # type: ignore[import-untyped,unused-ignore]
 
+from app.domain.records import normalize_identifier
 from app.mapping.cloudevents import SOURCE_PREFIX, CanonicalEvent, record_key
 from app.mapping.config import SCHEMA_PATH
 from app.mapping.errors import MappingError
-from app.mapping.normalize import normalize_identifier
 
 INGEST_TOPIC = "cdp.ingest"
 

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from app.mapping import CanonicalEvent, Mapper, validate_canonical
+from app.mapping.bench import change_event
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "connectors" / "mappings"
 COMMIT_MS = 1_772_360_100_250  # 2026-03-01T10:15:00.250Z
@@ -16,28 +17,9 @@ Row = dict[str, Any]
 MapFn = Callable[..., list[CanonicalEvent]]
 
 
-def cdc(op: str, after: Row | None = None, before: Row | None = None, **extra: Any) -> bytes:
+def cdc(op: str, after: Row | None = None, before: Row | None = None) -> bytes:
     """A Debezium change-event value as the JsonConverter writes it with schemas off."""
-    doc = {
-        "before": before,
-        "after": after,
-        "source": {
-            "version": "3.1.0.Final",
-            "connector": "postgresql",
-            "name": "x",
-            "ts_ms": COMMIT_MS,
-            "snapshot": "true" if op == "r" else "false",
-            "db": "x",
-            "schema": "public",
-            "table": "x",
-            "txId": 771,
-            "lsn": 24023128,
-        },
-        "op": op,
-        "ts_ms": COMMIT_MS + 40,
-        **extra,
-    }
-    return orjson.dumps(doc)
+    return orjson.dumps(change_event(op, after, before, ts_ms=COMMIT_MS))
 
 
 @pytest.fixture(scope="session")
