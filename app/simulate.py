@@ -51,6 +51,7 @@ handful of members (a demo with ``--members 5`` still shows an overdraft and a r
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import random
 import threading
@@ -226,7 +227,8 @@ class _Gen:
         self.members, self.days, self.seed, self.start = members, days, seed, start
         self.horizon = days * DAY
         self.ns = f"{seed}"
-        self.schedule: list[tuple[float, int, Callable[[datetime], None]]] = []
+        self.schedule: list[tuple[int, int, Callable[[datetime], None]]] = []  # a heap
+        self.seq = 0
         self.counters: Counter[str] = Counter()
         self.ops: list[RowOp] = []
         self.unit = 0
@@ -242,7 +244,8 @@ class _Gen:
         """Schedule ``fn`` at ``start + offset_s`` (whole seconds); dropped past the window."""
         offset = math.floor(offset_s)
         if 0 <= offset < self.horizon:
-            self.schedule.append((offset, len(self.schedule), fn))
+            self.seq += 1
+            heapq.heappush(self.schedule, (offset, self.seq, fn))
 
     def emit(self, source: str, table: str, action: Literal["insert", "update"],
              row: Mapping[str, Any], at: datetime, *tags: str) -> None:
@@ -255,8 +258,9 @@ class _Gen:
                               frozenset(tags)))
 
     def run(self) -> list[RowOp]:
-        self.schedule.sort(key=lambda e: (e[0], e[1]))
-        for offset, _seq, fn in self.schedule:
+        """Execute the schedule in event-time order (actions may schedule later ones)."""
+        while self.schedule:
+            offset, _seq, fn = heapq.heappop(self.schedule)
             self.current_units = {}
             fn(self.start + timedelta(seconds=offset))
         return self.ops
