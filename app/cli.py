@@ -104,11 +104,12 @@ def worker(
     state_dir: Path | None = StateDir,
     broker: str | None = typer.Option(None, help="Kafka bootstrap servers host:port[,...] (production)."),
     web_port: int | None = typer.Option(None, help="Port of the health/metrics/API web server."),
+    web_host: str = typer.Option("127.0.0.1", help="Bind address of the web server."),
 ) -> None:
     """Run one stream worker in the foreground (production; `up` starts one for you)."""
     from streams.worker import main as worker_main
 
-    argv: list[str] = []
+    argv: list[str] = ["--web-host", web_host]
     if broker:
         argv += ["--broker", broker]
     if web_port:

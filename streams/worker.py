@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--broker", default=None)
     parser.add_argument("--web-port", type=int, default=None)
+    parser.add_argument("--web-host", default="127.0.0.1", help="bind address of the web server")
     parser.add_argument("--loglevel", default="warn")
     args = parser.parse_args(argv)
     broker, web_port, data_dir = args.broker, args.web_port, None
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     if not broker or not web_port:
         print("error: --broker and --web-port (or --state-dir) are required", file=sys.stderr)
         return 2
-    cfg = WorkerSettings(broker=broker, web_port=web_port, data_dir=data_dir or Path("worker-data"))
+    cfg = WorkerSettings(
+        broker=broker, web_port=web_port, data_dir=data_dir or Path("worker-data"), web_host=args.web_host
+    )
     app = create_worker_app(cfg)
     worker: Any = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
