@@ -10,6 +10,7 @@ from app.mapping.config import (
     MappingFile,
     load_mapping_dir,
     load_mapping_file,
+    validate_mapping_dir,
     validate_mapping_file,
 )
 from app.mapping.engine import Mapper
@@ -29,5 +30,6 @@ __all__ = [
     "record_key",
     "serialize",
     "validate_canonical",
+    "validate_mapping_dir",
     "validate_mapping_file",
 ]

@@ -235,6 +235,17 @@ def load_mapping_file(path: str | Path) -> MappingFile:
     return mapping
 
 
+def validate_mapping_dir(directory: str | Path) -> list[str]:
+    """Validate every mapping YAML of a directory; ``<file>: path.to.key: message`` lines."""
+    try:
+        load_mapping_dir(directory)
+    except MappingConfigError as exc:
+        return exc.errors
+    except OSError as exc:
+        return [f"(dir): cannot read {directory}: {exc.strerror or exc}"]
+    return []
+
+
 def load_mapping_dir(directory: str | Path) -> list[MappingFile]:
     """All ``*.yaml`` / ``*.yml`` files of a directory, sorted by name; errors are collected."""
     files = sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml"))

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from app.mapping import Mapper, MappingConfigError, load_mapping_file, validate_mapping_file
+from app.mapping import (
+    Mapper,
+    MappingConfigError,
+    load_mapping_file,
+    validate_mapping_dir,
+    validate_mapping_file,
+)
 from tests.mapping.conftest import MAPPINGS
 
 
@@ -134,3 +140,13 @@ def test_custom_topic_prefix_and_schema(tmp_path: Path) -> None:
     p = tmp_path / "shop.yaml"
     p.write_text(GOOD.replace("source: shop", "source: shop\ntopic_prefix: eu1\nschema: sales_db"))
     assert Mapper([load_mapping_file(p)]).topics == ["eu1.sales_db.sales"]
+
+
+def test_validate_dir(tmp_path: Path) -> None:
+    assert validate_mapping_dir(MAPPINGS) == []
+    assert validate_mapping_dir(tmp_path / "missing")[0].startswith("(dir): cannot read")
+    assert validate_mapping_dir(tmp_path) == ["(dir): no mapping YAML files"]
+    (tmp_path / "a.yaml").write_text(GOOD.replace("pk: [sale_id]", "pk: []"))
+    assert validate_mapping_dir(tmp_path) == [
+        "a.yaml: tables.sales.pk: List should have at least 1 item after validation, not 0"
+    ]
