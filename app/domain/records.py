@@ -31,7 +31,7 @@ class UnknownPurchase(InvalidRecord):
     """A refund (or line) whose purchase is not known where it must be."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Identifier:
     type: str
     value: str
@@ -235,7 +235,7 @@ def _identifiers(raw: Any, rid: str | None) -> tuple[Identifier, ...]:
         v = normalize_identifier(t, v)
         if v:
             out.add(Identifier(t, v))
-    return tuple(sorted(out, key=lambda i: (i.type, i.value)))
+    return tuple(sorted(out))
 
 
 def record_from_data(
@@ -260,7 +260,7 @@ def record_from_data(
         member_no = normalize_identifier("member_no", f.text("member_no"))
         extra["member_no"] = member_no
         ids = set(common["identifiers"]) | {Identifier("member_no", member_no)}
-        common["identifiers"] = tuple(sorted(ids, key=lambda i: (i.type, i.value)))
+        common["identifiers"] = tuple(sorted(ids))
     elif cls is ConsentChanged:
         consent = data.get("consent")
         if not isinstance(consent, Mapping) or not consent:

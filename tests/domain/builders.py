@@ -22,7 +22,7 @@ def at(days: float = 0, hours: float = 0) -> datetime:
 
 
 def ids(**kw: str) -> tuple[Identifier, ...]:
-    return tuple(sorted((Identifier(k, v) for k, v in kw.items()), key=lambda i: (i.type, i.value)))
+    return tuple(sorted(Identifier(k, v) for k, v in kw.items()))
 
 
 def link(key: str, t: datetime, **kw: str) -> IdentityLinked:
