@@ -119,7 +119,7 @@ def to_cents(value: Any, column: str) -> int:
             raise MappingError(
                 f"column {column!r}: not a decimal amount {value!r:.40}", code="bad_amount"
             ) from exc
-        if not dec.is_finite():
+        if not dec.is_finite() or dec.adjusted() > 15:
             raise MappingError(
                 f"column {column!r}: not a finite amount {value!r}", code="bad_amount"
             )

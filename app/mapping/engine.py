@@ -376,6 +376,11 @@ class Mapper:
             return self.map_change(table, doc)
         except MappingError as exc:
             raise exc.with_topic(topic) from None
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            # A shape no rule foresaw (an object where a scalar belongs ...): dead-letter it
+            # rather than stop the pipeline.
+            reason = f"unexpected {type(exc).__name__}: {exc}"[:300]
+            raise MappingError(reason, topic, "type_drift") from None
 
     def map_change(self, table: CompiledTable, doc: Any) -> list[CanonicalEvent]:
         """Map an already decoded change event of ``table``."""

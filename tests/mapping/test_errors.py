@@ -121,3 +121,18 @@ def test_error_does_not_poison_the_mapper(mapper: Mapper) -> None:
     with pytest.raises(MappingError):
         mapper.map(T, b"{")
     assert len(mapper.map(T, cdc("c", TXN))) == 1
+
+
+def test_unhashable_and_absurd_values_are_dead_lettered(mapper: Mapper) -> None:
+    order = {
+        "order_id": "O1",
+        "customer_id": "C1",
+        "total": "1.00",
+        "currency": "USD",
+        "status": {"v": "paid"},
+        "refunded_amount": "0.00",
+        "updated_at": "2026-03-01T10:15:00Z",
+    }
+    assert _err(mapper, "web.public.orders", cdc("r", order)).code == "type_drift"
+    assert _err(mapper, T, cdc("c", {**TXN, "total": "1E+999999999"})).code == "bad_amount"
+    assert _err(mapper, T, cdc("c", {**TXN, "txn_id": ["T1"]})).code == "type_drift"
