@@ -167,26 +167,31 @@ def synthetic_changes(n: int = 20_000, seed: int = 7) -> list[tuple[str, bytes]]
 def run(
     n: int = 50_000, rounds: int = 3, mappings: str | Path = DEFAULT_MAPPINGS
 ) -> dict[str, Any]:
-    """Map ``n`` synthetic change events ``rounds`` times; report the best round."""
+    """Map ``n`` synthetic change events ``rounds`` times; report the best round (CPU and wall)."""
     mapper = Mapper.from_dir(mappings)
     changes = synthetic_changes(n)
-    best = float("inf")
+    best_cpu = best_wall = float("inf")
     produced = 0
     for _ in range(rounds):
         produced = 0
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for topic, value in changes:
             for ev in mapper.map(topic, value):
                 ev.to_json()
                 produced += 1
-        best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    best_cpu = max(best_cpu, 1e-9)
     return {
         "benchmark": "mapping",
         "change_events": n,
         "canonical_events": produced,
-        "seconds": round(best, 4),
-        "change_events_per_s": round(n / best),
-        "canonical_events_per_s": round(produced / best),
+        "cpu_seconds": round(best_cpu, 4),
+        "wall_seconds": round(best_wall, 4),
+        # per CPU second of the one core used: stable when other processes share the machine
+        "change_events_per_s": round(n / best_cpu),
+        "canonical_events_per_s": round(produced / best_cpu),
+        "change_events_per_wall_s": round(n / max(best_wall, 1e-9)),
     }
 
 
