@@ -267,8 +267,11 @@ class _Gen:
 
     # ---- random helpers ---------------------------------------------------------------
 
-    def poisson_times(self, begin: float, per_day: float, at_least: int = 0) -> list[float]:
-        """Event offsets of a Poisson process from ``begin`` to the end of the window."""
+    def poisson_times(self, begin: float, per_day: float, at_least: int = 0,
+                      soon: bool = False) -> list[float]:
+        """Event offsets of a Poisson process from ``begin`` to the end of the window, plus
+        ``at_least`` extra ones within 10 days (``soon``: 8 % of the window) -- used for
+        behaviours that must happen (scripted persons, a guest's first order)."""
         out: list[float] = []
         t = begin
         while per_day > 0:
@@ -276,8 +279,9 @@ class _Gen:
             if t >= self.horizon:
                 break
             out.append(t)
-        while len(out) < at_least and begin + 60 < self.horizon:
-            out.append(self.rng.uniform(begin + 60, min(self.horizon, begin + 10 * DAY)))
+        for _ in range(at_least if begin + 60 < self.horizon else 0):
+            span = 0.08 * self.horizon if soon else 10 * DAY
+            out.append(self.rng.uniform(begin + 60, min(self.horizon, begin + span)))
         return sorted(out)
 
     def basket(self) -> tuple[list[tuple[str, int, Decimal]], Decimal]:
@@ -339,11 +343,19 @@ class _Script(_Gen):
         person.email_accounts += 1
         return ("shared_email",) if person.email_accounts > 1 else ()
 
+    def after(self, person: _Person, t: float, lo: float, hi: float) -> float:
+        """``t`` plus a delay in [lo, hi) s; scripted persons' delays are squeezed into 8 % of
+        the window so that their forced behaviours happen even in a short simulation."""
+        if person.force:
+            hi = min(hi, 0.08 * self.horizon)
+            lo = min(lo, hi / 4)
+        return t + self.rng.uniform(lo, hi)
+
     def want(self, person: _Person, flag: str, p: float) -> bool:
         return flag in person.force or self.rng.random() < p
 
     def plan_member(self, person: _Person, channel: str) -> None:
-        te = self.rng.uniform(0, 0.6 * self.horizon)
+        te = self.rng.uniform(0, (0.05 if person.force else 0.6) * self.horizon)
         if channel == "pos":
             self.plan_card(person, te, enroll=True)
         elif channel == "web":
@@ -353,7 +365,7 @@ class _Script(_Gen):
         else:
             signup = self.rng.uniform(0, te) if self.rng.random() < 0.4 else te
             self.plan_user(person, signup, enroll_at=te)
-        later = lambda: self.rng.uniform(te + 3600, te + 20 * DAY)  # noqa: E731
+        later = lambda: self.after(person, te, 3600, 20 * DAY)  # noqa: E731
         if channel != "pos" and self.rng.random() < 0.3:
             self.plan_card(person, later(), enroll=False)
         dup = "duplicate" in person.force or self.rng.random() < 0.1
@@ -402,7 +414,7 @@ class _Script(_Gen):
         self.at(t, issue)
         at_least = 2 if person.force & {"pos_return", "card_purchase"} else 0
         for tp in self.poisson_times(t + 60, self.rng.lognormvariate(-2.3, 0.6),
-                                     at_least=at_least):
+                                     at_least=at_least, soon=True):
             self.at(tp, lambda at: self.pos_txn(person, card, at))
 
     def pos_txn(self, person: _Person, card: dict[str, Any] | None, at: datetime) -> None:
@@ -427,7 +439,7 @@ class _Script(_Gen):
             full = self.rng.random() < 0.25
             sku, qty, price = lines[0]
             amount = total if full else min(total, price)
-            offset = (at - self.start).total_seconds() + self.rng.uniform(3600, 15 * DAY)
+            offset = self.after(person, (at - self.start).total_seconds(), 3600, 15 * DAY)
             self.at(offset, lambda rat: self.emit(
                 "pos", "returns", "insert",
                 {"return_id": self.new_id("R", 8), "txn_id": txn["txn_id"], "amount": amount,
@@ -480,11 +492,12 @@ class _Script(_Gen):
         forced = person.force & {"guest_first", "refund_twice", "cancel"}
         at_least = 2 if forced else (1 if guest_orders else 0)
         rate = self.rng.lognormvariate(-2.8, 0.6) * (2 if forced else 1)
-        for tp in self.poisson_times(t + 60, rate, at_least=at_least):
+        for tp in self.poisson_times(t + 60, rate, at_least=at_least, soon=True):
             guest_now = guest or (enroll_at is not None and tp < enroll_at)
             self.at(tp, lambda at, g=guest_now: self.web_order(acct, at, g))
         if self.want(person, "consent", 0.5):
-            for tc in self.poisson_times(t + 60, 1 / 30, at_least=1 if person.force else 0):
+            for tc in self.poisson_times(t + 60, 1 / 30, at_least=1 if person.force else 0,
+                                         soon=True):
                 self.at(tc, lambda at: self.web_consent(acct, at))
 
     def web_consent(self, acct: _Account, at: datetime) -> None:
@@ -510,14 +523,15 @@ class _Script(_Gen):
                       {"order_id": order["order_id"], "line_no": n, "sku": sku, "qty": qty,
                        "unit_price": price}, at)
         t0 = (at - self.start).total_seconds()
-        if "cancel" in person.force or self.rng.random() < 0.1:
+        pay_first = "refund_twice" in person.force  # its refunds must not be cancelled away
+        if "cancel" in person.force or (not pay_first and self.rng.random() < 0.1):
             person.force.discard("cancel")
-            self.at(t0 + self.rng.uniform(600, 2 * DAY),
+            self.at(self.after(person, t0, 600, 2 * DAY),
                     lambda a: self.order_update(order, a, {"status": "cancelled"},
                                                 "order_cancelled"))
             return
         paid_tags = ("purchase_web", "guest_purchase") if guest else ("purchase_web",)
-        t_paid = t0 + self.rng.uniform(60, 1800)
+        t_paid = self.after(person, t0, 60, 1800)
 
         def paid(a: datetime) -> None:
             person.earn_base += int(total)
@@ -532,10 +546,10 @@ class _Script(_Gen):
             first = (total * Decimal(self.rng.choice((20, 30, 50))) / 100).quantize(CENT)
             if not twice and self.rng.random() < 0.4:
                 first = total
-            t1 = t_paid + self.rng.uniform(DAY, 10 * DAY)
+            t1 = self.after(person, t_paid, DAY, 10 * DAY)
             self.at(t1, lambda a: self.refund(order, a, first))
             if twice and first < total:
-                self.at(t1 + self.rng.uniform(DAY, 10 * DAY),
+                self.at(self.after(person, t1, DAY, 10 * DAY),
                         lambda a: self.refund(order, a, total))
 
     def refund(self, order: dict[str, Any], at: datetime, cumulative: Decimal) -> None:
@@ -586,16 +600,18 @@ class _Script(_Gen):
             self.at(enroll_at, enroll)
         member_from = enroll_at if enroll_at is not None else (t if link or duplicate else None)
         rate = self.rng.lognormvariate(-3.0, 0.6)
-        for tp in self.poisson_times(t + 60, rate):
+        scripted = 1 if person.force else 0
+        for tp in self.poisson_times(t + 60, rate, at_least=scripted, soon=True):
             self.at(tp, lambda at, m=member_from is not None and tp >= member_from:
                     self.app_purchase(acct, at, m))
-        for te in self.poisson_times(t + 60, self.rng.uniform(0.1, 0.8)):
+        for te in self.poisson_times(t + 60, self.rng.uniform(0.1, 0.8), scripted, soon=True):
             self.at(te, lambda at: self.app_event(acct, at))
-        for tc in self.poisson_times(t + 60, 1 / 40):
+        for tc in self.poisson_times(t + 60, 1 / 40, scripted, soon=True):
             self.at(tc, lambda at: self.app_consent(acct, at))
         if member_from is not None:
             forced = "overdraft" in person.force
-            for tr in self.poisson_times(member_from + 60, 1 / 20, at_least=1 if forced else 0):
+            for tr in self.poisson_times(member_from + 60, 1 / 20, at_least=1 if forced else 0,
+                                         soon=True):
                 self.at(tr, lambda at: self.redeem(acct, at))
 
     def push_token(self) -> str:
