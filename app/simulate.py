@@ -337,6 +337,17 @@ class _Script(_Gen):
         for g in range(max(1, round(self.members * 0.3))):
             self.plan_guest(self.new_person(self.members + g))
 
+    def new_member_no(self, person: _Person) -> str:
+        member_no = self.new_id("M")
+        person.member_nos.append(member_no)
+        return member_no
+
+    def account_member_no(self, person: _Person, link: bool, duplicate: bool) -> str | None:
+        """member_no of a new web/app account: a second membership, the person's, or none."""
+        if duplicate:
+            return self.new_member_no(person)
+        return person.member_nos[0] if link and person.member_nos else None
+
     @staticmethod
     def shares(person: _Person) -> tuple[str, ...]:
         """Called when an email-bearing account is created: tags it if the email repeats."""
@@ -404,7 +415,7 @@ class _Script(_Gen):
         def issue(at: datetime) -> None:
             enrolls = enroll or not person.member_nos
             if enrolls:
-                person.member_nos.append(self.new_id("M"))
+                self.new_member_no(person)
             card.update(card_no=self.new_id("C", 8), member_no=person.member_nos[0],
                         phone=self.phone_as_typed(person.phone_digits) if has_phone else None,
                         issued_at=at)
@@ -452,13 +463,9 @@ class _Script(_Gen):
                       link: bool = False, duplicate: bool = False, guest_orders: bool = False,
                       tags: tuple[str, ...] = ()) -> None:
         acct = _Account(person, {})
+
         def create(at: datetime) -> None:
-            member_no = None
-            if duplicate:
-                member_no = self.new_id("M")
-                person.member_nos.append(member_no)
-            elif link and person.member_nos:
-                member_no = person.member_nos[0]
+            member_no = self.account_member_no(person, link, duplicate)
             acct.row = {"customer_id": self.new_id("W", 8),
                         "email": self.email_as_typed(person.email),
                         "phone": self.phone_as_typed(person.phone_digits)
@@ -477,11 +484,9 @@ class _Script(_Gen):
                 enroll(at)
 
         def enroll(at: datetime) -> None:
-            member_no = self.new_id("M")
-            person.member_nos.append(member_no)
-            acct.row = {**acct.row, "member_no": member_no, "updated_at": at}
+            acct.row = {**acct.row, "member_no": self.new_member_no(person), "updated_at": at}
             self.emit("web", "loyalty_enrollments", "insert",
-                      {"member_no": member_no, "customer_id": acct.row["customer_id"],
+                      {"member_no": acct.row["member_no"], "customer_id": acct.row["customer_id"],
                        "enrolled_at": at}, at, "enroll_web")
             self.emit("web", "customers", "update", acct.row, at)
 
@@ -571,12 +576,7 @@ class _Script(_Gen):
         opted = self.rng.random() < 0.5
 
         def create(at: datetime) -> None:
-            member_no = None
-            if duplicate:
-                member_no = self.new_id("M")
-                person.member_nos.append(member_no)
-            elif link and person.member_nos:
-                member_no = person.member_nos[0]
+            member_no = self.account_member_no(person, link, duplicate)
             acct.row = {"user_id": self.new_id("U", 8),
                         "email": self.email_as_typed(person.email),
                         "phone": self.phone_as_typed(person.phone_digits)
@@ -590,9 +590,7 @@ class _Script(_Gen):
                 enroll(at)
 
         def enroll(at: datetime) -> None:
-            member_no = self.new_id("M")
-            person.member_nos.append(member_no)
-            acct.row = {**acct.row, "member_no": member_no, "updated_at": at}
+            acct.row = {**acct.row, "member_no": self.new_member_no(person), "updated_at": at}
             self.emit("app", "users", "update", acct.row, at, "enroll_app")
 
         self.at(t, create)
