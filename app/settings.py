@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     mappings_dir: Path = REPO_ROOT / "connectors" / "mappings"
     topics_file: Path = REPO_ROOT / "config" / "topics.yaml"
     program_file: Path = REPO_ROOT / "config" / "program.yaml"
+    #: How often the embedded Debezium engines persist offsets. Shorter = fewer redeliveries
+    #: after a crash (redeliveries are harmless: canonical ids are deterministic).
+    offset_flush_interval_ms: int = 1000
 
 
 def settings() -> Settings:

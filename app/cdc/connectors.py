@@ -136,6 +136,7 @@ def render_embedded(
     user: str,
     offsets_file: Path,
     snapshot_mode: str | None = None,
+    offset_flush_interval_ms: int = 1000,
 ) -> dict[str, str]:
     """Properties for the Debezium embedded engine run by ``loyalty-cdp up``.
 
@@ -152,7 +153,7 @@ def render_embedded(
             "database.password": "",
             "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
             "offset.storage.file.filename": str(offsets_file),
-            "offset.flush.interval.ms": "1000",
+            "offset.flush.interval.ms": str(offset_flush_interval_ms),
             "poll.interval.ms": "20",
             "max.batch.size": "4096",
             "max.queue.size": "16384",
