@@ -28,7 +28,8 @@ app = typer.Typer(
 StateDir = typer.Option(
     None,
     "--state-dir",
-    help="State directory of the embedded stack (default: $LOYALTY_CDP_STATE_DIR or ./.loyalty-cdp).",
+    help="State directory of the embedded stack"
+    " (default: $LOYALTY_CDP_STATE_DIR or ./.loyalty-cdp).",
 )
 
 
@@ -43,10 +44,16 @@ def _say(msg: str) -> None:
 @app.command()
 def up(
     state_dir: Path | None = StateDir,
-    pg_port: int | None = typer.Option(None, help="PostgreSQL port (default: kept from the last up, else free)."),
+    pg_port: int | None = typer.Option(
+        None, help="PostgreSQL port (default: kept from the last up, else free)."
+    ),
     broker_port: int | None = typer.Option(None, help="Broker port (default: kept, else free)."),
-    api_port: int | None = typer.Option(None, help="Worker web/API port (default: kept, else free)."),
-    clock: str | None = typer.Option(None, help="'wall' (default) or 'manual' (moves only with records and `clock tick`)."),
+    api_port: int | None = typer.Option(
+        None, help="Worker web/API port (default: kept, else free)."
+    ),
+    clock: str | None = typer.Option(
+        None, help="'wall' (default) or 'manual' (moves only with records and `clock tick`)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON when up."),
 ) -> None:
     """Start the embedded stack (PostgreSQL, broker, Debezium, worker); a no-op if it runs."""
@@ -65,7 +72,9 @@ def up(
     except Exception:  # no stack yet, or a partial one: start what is missing
         pass
     t0 = time.monotonic()
-    st = stack_up(sd, pg_port=pg_port, broker_port=broker_port, api_port=api_port, clock=clock, say=_say)
+    st = stack_up(
+        sd, pg_port=pg_port, broker_port=broker_port, api_port=api_port, clock=clock, say=_say
+    )
     _say(f"up in {time.monotonic() - t0:.1f}s")
     typer.echo(json.dumps(st, indent=2) if as_json else _summary(st))
 
@@ -102,7 +111,9 @@ def status(
 def worker(
     ctx: typer.Context,
     state_dir: Path | None = StateDir,
-    broker: str | None = typer.Option(None, help="Kafka bootstrap servers host:port[,...] (production)."),
+    broker: str | None = typer.Option(
+        None, help="Kafka bootstrap servers host:port[,...] (production)."
+    ),
     web_port: int | None = typer.Option(None, help="Port of the health/metrics/API web server."),
     web_host: str = typer.Option("127.0.0.1", help="Bind address of the web server."),
 ) -> None:
@@ -127,10 +138,12 @@ app.add_typer(topics_app, name="topics")
 @topics_app.command("apply")
 def topics_apply(
     state_dir: Path | None = StateDir,
-    bootstrap: str | None = typer.Option(None, help="Bootstrap servers (default: the embedded broker)."),
+    bootstrap: str | None = typer.Option(
+        None, help="Bootstrap servers (default: the embedded broker)."
+    ),
     replication_factor: int = typer.Option(1, min=1, help="Replication factor of new topics."),
 ) -> None:
-    """Create every topic of config/topics.yaml and the connectors' change topics that is missing."""
+    """Create the missing topics of config/topics.yaml and of the connectors' change topics."""
     from app.cdc.connectors import load_connectors
     from app.stack.topics import apply_topics, load_plan
 
@@ -152,13 +165,17 @@ def _embedded_broker(state_dir: Path | None) -> str:
     return st.broker
 
 
-connectors_app = typer.Typer(help="Debezium connectors rendered from connectors/*.yaml.", no_args_is_help=True)
+connectors_app = typer.Typer(
+    help="Debezium connectors rendered from connectors/*.yaml.", no_args_is_help=True
+)
 app.add_typer(connectors_app, name="connectors")
 
 
 @connectors_app.command("render")
 def connectors_render(
-    target: str = typer.Option("connect", help="'connect' (Kafka Connect REST config) or 'embedded'."),
+    target: str = typer.Option(
+        "connect", help="'connect' (Kafka Connect REST config) or 'embedded'."
+    ),
     state_dir: Path | None = StateDir,
 ) -> None:
     """Print the connector configs of every source as JSON."""
@@ -175,7 +192,10 @@ def connectors_render(
         port = st.pg_port if st else 5432
         out = {
             s.name: render_embedded(
-                s, host="127.0.0.1", port=port, user=SUPERUSER,
+                s,
+                host="127.0.0.1",
+                port=port,
+                user=SUPERUSER,
                 offsets_file=paths.cdc_dir / f"{s.name}.offsets",
             )
             for s in specs
@@ -187,7 +207,9 @@ def connectors_render(
 
 @connectors_app.command("apply")
 def connectors_apply(
-    connect_url: str = typer.Option(..., "--connect-url", help="Kafka Connect REST URL, e.g. http://connect:8083."),
+    connect_url: str = typer.Option(
+        ..., "--connect-url", help="Kafka Connect REST URL, e.g. http://connect:8083."
+    ),
 ) -> None:
     """PUT each rendered config to <connect-url>/connectors/<name>/config."""
     from app.cdc.apply import apply_connectors

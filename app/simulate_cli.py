@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -22,6 +23,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from app.simulate import SOURCES, SimulationError, SimulationSummary, simulate
 
 ENV_DSN = {source: f"LOYALTY_CDP_DSN_{source.upper()}" for source in SOURCES}
+
+
+def stack_source_dsns(state_dir: Path | None) -> dict[str, str] | None:
+    """DSNs of the embedded stack's source databases, or None when there is no stack."""
+    from app.settings import settings
+    from app.stack.postgres import dsn_for
+    from app.stack.state import StackPaths
+
+    state = StackPaths((state_dir or settings().state_dir).resolve()).load()
+    if state is None:
+        return None
+    return {s: dsn_for(state.pg_port, s) for s in SOURCES}
 
 
 def default_start(days: int, now: datetime | None = None) -> datetime:
@@ -69,15 +82,25 @@ def simulate_cmd(
     dsn_web: str | None = typer.Option(None, "--dsn-web", help=f"Default ${ENV_DSN['web']}."),
     dsn_app: str | None = typer.Option(None, "--dsn-app", help=f"Default ${ENV_DSN['app']}."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Embedded stack whose sources to use when no DSN is given."
+    ),
 ) -> None:
     """Write realistic loyalty traffic into the pos, web and app source databases."""
     given = {"pos": dsn_pos, "web": dsn_web, "app": dsn_app}
     dsns = {s: given[s] or os.environ.get(ENV_DSN[s], "") for s in SOURCES}
     missing = [s for s in SOURCES if not dsns[s]]
     if missing:
-        flags = ", ".join(f"--dsn-{s}/${ENV_DSN[s]}" for s in missing)
-        typer.echo(f"error: no DSN for {', '.join(missing)}: pass {flags}", err=True)
-        raise typer.Exit(2)
+        stack = stack_source_dsns(state_dir)
+        if stack is None:
+            flags = ", ".join(f"--dsn-{s}/${ENV_DSN[s]}" for s in missing)
+            typer.echo(
+                f"error: no DSN for {', '.join(missing)}: start the stack (`loyalty-cdp up`)"
+                f" or pass {flags}",
+                err=True,
+            )
+            raise typer.Exit(2)
+        dsns = {s: dsns[s] or stack[s] for s in SOURCES}
     start_at = parse_start(start) if start else default_start(days)
     try:
         summary = run_simulation(dsns, members, days, rate, seed, start_at)
@@ -107,3 +130,8 @@ def summary_dict(summary: SimulationSummary) -> dict[str, object]:
 
 app = typer.Typer(add_completion=False)
 app.command("simulate")(simulate_cmd)
+
+
+def register(main_app: typer.Typer) -> None:
+    """Mount ``simulate`` on the main CLI."""
+    main_app.command("simulate")(simulate_cmd)

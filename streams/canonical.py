@@ -13,11 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-import orjson
 
 from app.mapping.engine import Mapper
 from app.mapping.errors import MappingError
-from app.mapping.schema import validate_canonical
+from app.mapping.schema import parse_ingest
 from streams.producer import BatchProducer
 
 __all__ = ["CANONICAL_TOPIC", "DLQ_TOPIC", "INGEST_TOPIC", "register_canonical_agent"]
@@ -39,9 +38,7 @@ class CanonicalRouter:
 
     def _dead_letter(self, message: Any, err: MappingError) -> None:
         headers = [
-            ("dlq.reason", err.reason.encode()),
-            ("dlq.code", err.code.encode()),
-            ("dlq.topic", message.topic.encode()),
+            *err.with_topic(message.topic).dlq_headers(),
             ("dlq.partition", str(message.partition).encode()),
             ("dlq.offset", str(message.offset).encode()),
         ]
@@ -55,18 +52,12 @@ class CanonicalRouter:
         for m in messages:
             n_in += 1
             try:
-                if m.topic == INGEST_TOPIC:
-                    if not m.value:
-                        continue
-                    try:
-                        event = orjson.loads(m.value)
-                    except orjson.JSONDecodeError as exc:
-                        raise MappingError(f"not JSON: {exc}", m.topic, "bad_json") from exc
-                    validate_canonical(event)
-                    send(CANONICAL_TOPIC, m.value, m.key or event["subject"].encode())
-                    n_out += 1
-                    continue
-                for ev in mapper_map(m.topic, m.value):
+                events = (
+                    parse_ingest(m.value)
+                    if m.topic == INGEST_TOPIC
+                    else mapper_map(m.topic, m.value)
+                )
+                for ev in events:
                     send(CANONICAL_TOPIC, ev.to_json(), ev.key_bytes())
                     n_out += 1
             except MappingError as err:
@@ -78,9 +69,7 @@ class CanonicalRouter:
 def register_canonical_agent(
     app: faust.App, mapper: Mapper, out: BatchProducer, change_topics: list[str]
 ) -> CanonicalRouter:
-    source = app.topic(
-        *change_topics, INGEST_TOPIC, key_serializer="raw", value_serializer="raw"
-    )
+    source = app.topic(*change_topics, INGEST_TOPIC, key_serializer="raw", value_serializer="raw")
     router = CanonicalRouter(mapper, out)
 
     @app.agent(source, name="canonical")

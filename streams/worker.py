@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --broker and --web-port (or --state-dir) are required", file=sys.stderr)
         return 2
     cfg = WorkerSettings(
-        broker=broker, web_port=web_port, data_dir=data_dir or Path("worker-data"), web_host=args.web_host
+        broker=broker,
+        web_port=web_port,
+        data_dir=data_dir or Path("worker-data"),
+        web_host=args.web_host,
     )
     app = create_worker_app(cfg)
     worker: Any = faust.Worker(app, loglevel=args.loglevel, quiet=True)

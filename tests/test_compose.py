@@ -25,7 +25,9 @@ def test_compose_file_is_the_current_rendering() -> None:
 
 def test_compose_services() -> None:
     services = _compose()["services"]
-    assert {"postgres", "kafka", "connect", "connectors", "migrate", "topics", "worker"} <= set(services)
+    assert {"postgres", "kafka", "connect", "connectors", "migrate", "topics", "worker"} <= set(
+        services
+    )
     assert "wal_level=logical" in services["postgres"]["command"]
     env = services["kafka"]["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -41,17 +43,20 @@ def test_compose_connector_configs_equal_render() -> None:
     assert result.exit_code == 0, result.output
     rendered = {c["name"]: c["config"] for c in json.loads(result.output)}
     configs = _compose()["configs"]
-    in_compose = {
-        name: json.loads(c["content"].replace("$$", "$")) for name, c in configs.items()
-    }
+    in_compose = {name: json.loads(c["content"].replace("$$", "$")) for name, c in configs.items()}
     assert in_compose == rendered
     for cfg in rendered.values():
         assert cfg["connector.class"] == "io.debezium.connector.postgresql.PostgresConnector"
         assert cfg["plugin.name"] == "pgoutput"
         assert cfg["decimal.handling.mode"] == "string"
         assert cfg["database.password"] == "${env:LOYALTY_CDP_PG_PASSWORD}"
-        assert {"slot.name", "publication.name", "topic.prefix", "table.include.list",
-                "heartbeat.interval.ms"} <= set(cfg)
+        assert {
+            "slot.name",
+            "publication.name",
+            "topic.prefix",
+            "table.include.list",
+            "heartbeat.interval.ms",
+        } <= set(cfg)
     # the connectors service mounts every config it PUTs
     mounted = {c["source"] for c in _compose()["services"]["connectors"]["configs"]}
     assert mounted == set(rendered)

@@ -39,6 +39,8 @@ def apply_connectors(connect_url: str) -> dict[str, int]:
             except httpx.TransportError as exc:
                 raise StackError(f"Kafka Connect at {base} unreachable: {exc}") from exc
             if resp.status_code >= 400:
-                raise StackError(f"Kafka Connect rejected {body['name']}: {resp.status_code} {resp.text[:200]}")
+                raise StackError(
+                    f"Kafka Connect rejected {body['name']}: {resp.status_code} {resp.text[:200]}"
+                )
             results[body["name"]] = resp.status_code
     return results

@@ -46,12 +46,22 @@ def _services(names: list[str]) -> dict[str, Any]:
     return {
         "postgres": {
             "image": "postgres:16",
-            "command": ["postgres", "-c", "wal_level=logical", "-c", "max_replication_slots=10",
-                        "-c", "max_wal_senders=10"],
+            "command": [
+                "postgres",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=10",
+                "-c",
+                "max_wal_senders=10",
+            ],
             "environment": {"POSTGRES_USER": "cdp", "POSTGRES_PASSWORD": PG_PASSWORD},
             "volumes": ["pgdata:/var/lib/postgresql/data"],
-            "healthcheck": {"test": ["CMD", "pg_isready", "-U", "cdp"], "interval": "5s",
-                            "retries": 20},
+            "healthcheck": {
+                "test": ["CMD", "pg_isready", "-U", "cdp"],
+                "interval": "5s",
+                "retries": 20,
+            },
         },
         "kafka": {
             "image": "apache/kafka:3.9.1",
@@ -70,9 +80,12 @@ def _services(names: list[str]) -> dict[str, Any]:
             },
             "volumes": ["kafkadata:/var/lib/kafka/data"],
             "healthcheck": {
-                "test": ["CMD-SHELL", "/opt/kafka/bin/kafka-topics.sh --bootstrap-server "
-                         "localhost:9092 --list"],
-                "interval": "5s", "retries": 30,
+                "test": [
+                    "CMD-SHELL",
+                    "/opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 --list",
+                ],
+                "interval": "5s",
+                "retries": 30,
             },
         },
         "migrate": {
@@ -102,25 +115,41 @@ def _services(names: list[str]) -> dict[str, Any]:
                 "migrate": {"condition": "service_completed_successfully"},
                 "topics": {"condition": "service_completed_successfully"},
             },
-            "healthcheck": {"test": ["CMD", "curl", "-fs", "http://localhost:8083/connectors"],
-                            "interval": "5s", "retries": 30},
+            "healthcheck": {
+                "test": ["CMD", "curl", "-fs", "http://localhost:8083/connectors"],
+                "interval": "5s",
+                "retries": 30,
+            },
         },
         "connectors": {
             "image": "curlimages/curl:8.10.1",
             "configs": [{"source": n, "target": f"/connectors/{n}.json"} for n in names],
-            "entrypoint": ["sh", "-c", "for f in /connectors/*.json; do n=$$(basename $$f .json);"
-                           " curl -fsS -X PUT -H 'Content-Type: application/json' --data @$$f"
-                           " http://connect:8083/connectors/$$n/config || exit 1; done"],
+            "entrypoint": [
+                "sh",
+                "-c",
+                "for f in /connectors/*.json; do n=$$(basename $$f .json);"
+                " curl -fsS -X PUT -H 'Content-Type: application/json' --data @$$f"
+                " http://connect:8083/connectors/$$n/config || exit 1; done",
+            ],
             "depends_on": {"connect": {"condition": "service_healthy"}},
         },
         "worker": {
             **built,
-            "command": ["worker", "--broker", "kafka:9092", "--web-port", "6066",
-                        "--web-host", "0.0.0.0"],
+            "command": [
+                "worker",
+                "--broker",
+                "kafka:9092",
+                "--web-port",
+                "6066",
+                "--web-host",
+                "0.0.0.0",
+            ],
             "environment": {"LOYALTY_CDP_STORE_DSN": ADMIN_DSN.replace("/postgres", "/cdp")},
             "ports": ["6066:6066"],
-            "depends_on": {"topics": {"condition": "service_completed_successfully"},
-                           "migrate": {"condition": "service_completed_successfully"}},
+            "depends_on": {
+                "topics": {"condition": "service_completed_successfully"},
+                "migrate": {"condition": "service_completed_successfully"},
+            },
             "restart": "unless-stopped",
         },
     }
@@ -145,7 +174,9 @@ def render_compose() -> str:
         "name": "loyalty-cdp",
         "services": _services([b["name"] for b in bodies]),
         "configs": {
-            b["name"]: {"content": compose_escape(json.dumps(b["config"], indent=2, sort_keys=True))}
+            b["name"]: {
+                "content": compose_escape(json.dumps(b["config"], indent=2, sort_keys=True))
+            }
             for b in bodies
         },
         "volumes": {"pgdata": {}, "kafkadata": {}},

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
 
 
 class ConnectionSpec(BaseModel):
@@ -48,7 +49,9 @@ class ConnectorSpec(BaseModel):
     topic_prefix: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     slot_name: str = Field(pattern=r"^[a-z0-9_]+$")
     publication_name: str
-    snapshot_mode: Literal["initial", "always", "no_data", "when_needed", "initial_only"] = "initial"
+    snapshot_mode: Literal["initial", "always", "no_data", "when_needed", "initial_only"] = (
+        "initial"
+    )
     heartbeat_interval_ms: int = Field(10_000, ge=0)
     connection: ConnectionSpec = ConnectionSpec()
     properties: dict[str, str | int | bool] = {}
@@ -122,7 +125,7 @@ def render_connect(spec: ConnectorSpec) -> dict[str, Any]:
             "database.user": spec.connection.user,
             "database.password": spec.connection.password,
             "config.providers": "env",
-            "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+            "config.providers.env.class": ENV_PROVIDER,
         }
     )
     return {"name": config["name"], "config": config}

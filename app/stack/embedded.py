@@ -46,7 +46,10 @@ def _connectors() -> list[ConnectorSpec]:
 
 
 def _choose_state(
-    paths: StackPaths, pg_port: int | None, broker_port: int | None, api_port: int | None,
+    paths: StackPaths,
+    pg_port: int | None,
+    broker_port: int | None,
+    api_port: int | None,
     clock: str | None,
 ) -> StackState:
     old = paths.load()
@@ -124,9 +127,7 @@ def up(
         if not port_is_free(state.api_port):
             raise StackError(f"API port {state.api_port} is taken; choose another with --api-port")
         say(f"starting stream worker (API on {state.api_url})")
-        worker.start(
-            [sys.executable, "-m", "streams.worker", "--state-dir", str(paths.root)]
-        )
+        worker.start([sys.executable, "-m", "streams.worker", "--state-dir", str(paths.root)])
         if not wait_listening(state.api_port, timeout=60) or not worker.is_running():
             raise StackError(f"stream worker did not start: {_log_tail(worker.log_file)}")
     say(f"stack up in {time.monotonic() - t0:.1f}s")
@@ -145,8 +146,12 @@ def _log_tail(path: Path) -> str:
 def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int] | None:
     """Messages not yet consumed by ``group``, per topic (None if the broker is unreachable)."""
     c = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-         "socket.timeout.ms": 5000}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "socket.timeout.ms": 5000,
+        }
     )
     try:
         md = c.list_topics(timeout=5)

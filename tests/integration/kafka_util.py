@@ -23,8 +23,11 @@ def read_topic(
     """All messages of ``topic``; polls until ``until(messages)`` holds (then ``settle``
     more seconds, to catch duplicates that would follow) or ``timeout``."""
     c = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
-         "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
     )
     try:
         md = c.list_topics(topic, timeout=10)
