@@ -235,6 +235,12 @@ def _register_optional() -> None:
         pass
     else:
         register_domain(app)
+    try:
+        from app.bench.cli import register as register_bench
+    except ImportError:
+        pass
+    else:
+        register_bench(app)  # joins a `bench` group another module mounted, else creates it
 
 
 _register_optional()

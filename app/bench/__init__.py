@@ -1,0 +1,1 @@
+"""Benchmarks printed by ``loyalty-cdp bench ...`` (figures, never timed asserts)."""

@@ -1,0 +1,83 @@
+"""``loyalty-cdp bench ...``: the benchmark commands (figures on stdout, progress on stderr).
+
+:func:`register` mounts the ``bench`` group on the main app, or adds ``cdc`` to a ``bench``
+group another module already mounted (e.g. ``bench domain``), so there is one group.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+bench_app = typer.Typer(help="Benchmarks: figures, never pass/fail.", no_args_is_help=True)
+
+
+def bench_group(main_app: typer.Typer) -> typer.Typer:
+    """The ``bench`` sub-app of ``main_app``, created and mounted if it is not there yet."""
+    for group in main_app.registered_groups:
+        if group.name == "bench" and group.typer_instance is not None:
+            return group.typer_instance
+    main_app.add_typer(bench_app, name="bench")
+    return bench_app
+
+
+def register(main_app: typer.Typer) -> None:
+    bench_group(main_app).command("cdc")(bench_cdc)
+
+
+def bench_cdc(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with all figures."),
+    rows: int = typer.Option(
+        100_000, "--rows", min=0, help="Rows of the max-throughput phase (0 skips it)."
+    ),
+    rate: list[int] = typer.Option(
+        [1_000, 10_000], "--rate", min=1, help="Steady write rates of the latency phases."
+    ),
+    duration: float = typer.Option(
+        10.0, "--duration", min=1.0, help="Seconds of writing per latency phase."
+    ),
+    state_dir: Path | None = typer.Option(
+        None,
+        "--state-dir",
+        help="An empty/new state dir to run in (default: a fresh temp dir, removed after).",
+    ),
+) -> None:
+    """Measure `up` cold/warm, CDC latency p50/p99 at steady rates and max rows/s end to end.
+
+    Starts its own embedded stack and tears it down at the end, also on Ctrl-C.
+    """
+    from app.bench.cdc import format_table, run_cdc_bench
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(desc: str, done: int, total: int) -> None:
+            phase = desc.split(" (")[0]
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(desc, total=total)
+            bar.update(tasks[phase], description=desc, completed=done, total=total)
+
+        def say(msg: str) -> None:
+            bar.console.print(f"[dim]{msg}[/dim]")
+
+        result = run_cdc_bench(
+            state_dir.resolve() if state_dir else None,
+            rows=rows,
+            rates=rate,
+            duration=duration,
+            say=say,
+            progress=progress,
+        )
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_table(result))
