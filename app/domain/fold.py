@@ -245,10 +245,10 @@ class Fold:
                     cause, reason = hold_cause, "hold_expired"
         if cause is not None:
             self._retier(d, cause, reason)
-        for lot in self.ledger.expire(d):
+        for lot, amount in self.ledger.expire(d):
             self._emit(
                 "points_expired", d, lot.cause, lot.purchase_id,
-                {"points": lot.remaining, "earned_at": format_time(lot.earned_at)},
+                {"points": amount, "earned_at": format_time(lot.earned_at)},
             )
         for lot in self.ledger.due_notices(d):
             self._emit(

@@ -9,6 +9,7 @@ may go negative; new earns repay debt before they create a lot.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -101,19 +102,19 @@ class Ledger:
             return lots[0].expires_at
         return notices[0].notice_at if notices else None
 
-    def expire(self, at: datetime) -> list[Lot]:
-        """Expire every lot due at or before ``at``; returns them with the expired amount."""
-        out: list[Lot] = []
+    def expire(self, at: datetime) -> Iterator[tuple[Lot, int]]:
+        """Expire, one by one, the lots due at or before ``at``; yields (lot, points expired).
+
+        A generator so the caller sees the balance after each lot (one event per lot).
+        """
         lots = self.lots
         while lots and lots[0].expires_at <= at:
             lot = lots.popleft()
             self.by_purchase.pop(lot.purchase_id, None)
             if lot.remaining:
-                out.append(Lot(lot.purchase_id, lot.cause, lot.earned_at, lot.expires_at,
-                               lot.notice_at, lot.remaining))
-                self.total -= lot.remaining
-                lot.remaining = 0
-        return out
+                amount, lot.remaining = lot.remaining, 0
+                self.total -= amount
+                yield lot, amount
 
     def due_notices(self, at: datetime) -> list[Lot]:
         """Lots whose notice is due at or before ``at`` and that still hold points."""

@@ -151,7 +151,9 @@ class Reference:
             times.append(d)
         return times
 
-    def emit(self, type_: str, at: datetime, cause: str, points: int | None, extra: Any = None) -> None:
+    def emit(
+        self, type_: str, at: datetime, cause: str, points: int | None, extra: Any = None
+    ) -> None:
         self.events.append(Ev(type_, at, cause, points, self.balance(), extra))
 
     # --- effects ---
@@ -261,7 +263,8 @@ class Reference:
         q_after = self.q(t)
         st0, st1 = self.spend_tier(q_before), self.spend_tier(q_after)
         for lvl in range(st0 + 1, st1 + 1):
-            self.holds = [h for h in self.holds if h[0] != lvl] + [(lvl, t + self.hold, r.record_id)]
+            self.holds = [h for h in self.holds if h[0] != lvl]
+            self.holds.append((lvl, t + self.hold, r.record_id))
         self.retier(t, r.record_id)
         if self.tier + 1 < len(self.thresholds):
             top = self.thresholds[self.tier + 1]
