@@ -251,13 +251,36 @@ def main() -> None:
     from app.stack.errors import StackError
     from app.stack.postgres import PostgresError
 
+    try:  # recent typer vendors click; older ones use click itself
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click  # type: ignore[no-redef]
+    no_args_is_help = getattr(click, "NoArgsIsHelpError", ())
+
     try:
-        app(standalone_mode=True)
+        rv = app(standalone_mode=False)  # click errors come back here instead of a rich panel
+    except no_args_is_help as exc:  # the help was printed already
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        typer.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
     except (StackError, PostgresError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(code) / Ctrl-C (130) return a code
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
 
 if __name__ == "__main__" or os.environ.get("_LOYALTY_CDP_DEBUG") == "main":

@@ -17,10 +17,12 @@ from app.stack.errors import StackError
 __all__ = ["apply_connectors"]
 
 
+# A few quick retries ride out a blip; a Connect that is down is reported in about 2 s (a
+# deployment waits for Connect's health first, as docker-compose.yml does).
 @retry(
     retry=retry_if_exception_type(httpx.TransportError),
-    stop=stop_after_attempt(5),
-    wait=wait_exponential(multiplier=0.5, max=8),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.25, max=2),
     reraise=True,
 )
 def _put(client: httpx.Client, url: str, config: dict[str, str]) -> httpx.Response:
@@ -31,7 +33,7 @@ def apply_connectors(connect_url: str) -> dict[str, int]:
     """Apply every connector; return ``{connector name: HTTP status}``."""
     base = connect_url.rstrip("/")
     results: dict[str, int] = {}
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client:
         for spec in load_connectors(settings().connectors_dir):
             body = render_connect(spec)
             try:

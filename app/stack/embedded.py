@@ -64,6 +64,21 @@ def _choose_state(
     return state
 
 
+def _check_ports(paths: StackPaths, state: StackState, *, with_worker: bool) -> None:
+    """Fail fast, starting nothing, when a port a component still has to bind is taken."""
+    wanted = [
+        ("PostgreSQL", state.pg_port, "--pg-port", postgres.is_running(paths.postgres_dir)),
+        ("broker", state.broker_port, "--broker-port", paths.process("broker").is_running()),
+    ]
+    if with_worker:
+        wanted.append(("API", state.api_port, "--api-port", paths.process("worker").is_running()))
+    for what, port, flag, running in wanted:
+        if not running and not port_is_free(port):
+            raise StackError(
+                f"{what} port {port} on 127.0.0.1 is already in use; choose another with {flag}"
+            )
+
+
 def _wait_slots_active(admin_dsn: str, specs: list[ConnectorSpec], timeout: float) -> bool:
     """True once every connector's replication slot is streaming (the connectors are live)."""
     slots = [s.slot_name for s in specs]
@@ -94,6 +109,7 @@ def up(
     paths = StackPaths(state_dir.resolve())
     specs = _connectors()
     state = _choose_state(paths, pg_port, broker_port, api_port, clock)
+    _check_ports(paths, state, with_worker=with_worker)  # before anything is saved or started
     paths.save(state)
     t0 = time.monotonic()
 
