@@ -1,0 +1,156 @@
+"""Benchmark of the domain core: figures, never pass/fail.
+
+* records/s applied in time order on one core (member states only, and with identity);
+* cost of one late record in a cluster of 1,000 records (the refold);
+* bytes of memory per member state of a typical member (about 50 purchases), measured with
+  tracemalloc over many members, and the size of its stored (orjson) form.
+
+The domain never reads a clock: the caller passes ``timer`` (``time.perf_counter``).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.domain.profiles import Profiles
+from app.domain.program import DEFAULT_PROGRAM, CompiledProgram
+from app.domain.records import (
+    ConsentChanged,
+    Identifier,
+    MemberEnrolled,
+    PointsRedeemed,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    Record,
+)
+from app.domain.state import MemberState
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def member_history(rng: random.Random, n: int, purchases: int = 50) -> list[Record]:
+    """A typical member: enrolled, consent, ~``purchases`` purchases over two years, a few
+    refunds and redemptions. Record ids look like the CDC mapping's."""
+    mno = str(100000 + n)
+    who = (Identifier("customer_id", f"c{n}"), Identifier("member_no", mno))
+    out: list[Record] = [
+        MemberEnrolled(f"web.loyalty_enrollments:{mno}", "web", "loyalty_enrollments", mno,
+                       T0, who, mno),
+        ConsentChanged(f"web.customers:c{n}#0", "web", "customers", f"c{n}", T0, who,
+                       (("email_opt_in", True), ("sms_consent", False))),
+    ]
+    t = T0
+    for k in range(purchases):
+        t += timedelta(days=rng.randint(1, 28), seconds=rng.randint(0, 86399))
+        pid = f"{n}-{k}"
+        amount = rng.randint(500, 40_000)
+        out.append(PurchaseCompleted(f"pos.transactions:{pid}", "pos", "transactions", pid, t,
+                                     who, f"pos:{pid}", amount, "USD"))
+        if rng.random() < 0.05:
+            out.append(PurchaseRefunded(f"pos.returns:{pid}", "pos", "returns", pid,
+                                        t + timedelta(days=3), (), pid, f"pos:{pid}",
+                                        rng.randint(1, amount)))
+        if rng.random() < 0.05:
+            out.append(PointsRedeemed(f"app.redemptions:{pid}", "app", "redemptions", pid,
+                                      t + timedelta(hours=1), who, pid, 500, None))
+    return out
+
+
+def _in_order_rate(
+    program: CompiledProgram, members: int, timer: Callable[[], float], with_identity: bool
+) -> tuple[int, float]:
+    rng = random.Random(7)
+    records = sorted(
+        (r for n in range(members) for r in member_history(rng, n)), key=lambda r: r.sort_key()
+    )
+    start = timer()
+    if with_identity:
+        profiles = Profiles(program)
+        for r in records:
+            profiles.ingest(r)
+    else:
+        states: dict[str, MemberState] = {}
+        for r in records:
+            key = r.identifiers[0].value if r.identifiers else "c" + r.pk.split("-")[0]
+            s = states.get(key)
+            if s is None:
+                s = states[key] = MemberState(program, key)
+            s.add(r)
+    return len(records), timer() - start
+
+
+def _late_record_ms(program: CompiledProgram, timer: Callable[[], float]) -> float:
+    rng = random.Random(11)
+    history = member_history(rng, 1, purchases=960)[:1000]
+    blob = MemberState(program, "member:1")
+    blob.add_many(history)
+    stored = blob.to_bytes()
+    who = history[0].identifiers
+    costs = []
+    for i in range(15):
+        state = MemberState.from_bytes(program, stored)
+        late_at = history[len(history) // 2].occurred_at + timedelta(seconds=i + 1)
+        late = PurchaseCompleted(f"pos.transactions:late{i}", "pos", "transactions", f"late{i}",
+                                 late_at, who, f"pos:late{i}", 12_345, "USD")
+        start = timer()
+        state.add(late)
+        costs.append(timer() - start)
+    return statistics.median(costs) * 1000
+
+
+def _bytes_per_member(program: CompiledProgram, members: int) -> tuple[float, float, float]:
+    """(bytes per member state with its record history, the same without the records
+    (derived fold only), mean stored orjson size)."""
+    rng = random.Random(3)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    states = []
+    for n in range(members):
+        s = MemberState(program, f"member:{n}")
+        s.add_many(member_history(rng, n))
+        states.append(s)
+    total = (tracemalloc.get_traced_memory()[0] - base) / members
+    tracemalloc.stop()
+    histories = [s.records for s in states]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    folds = [s.refold(collect=False) for s in states]
+    derived = (tracemalloc.get_traced_memory()[0] - base) / members
+    tracemalloc.stop()
+    del folds, histories
+    stored = statistics.mean(len(s.to_bytes()) for s in states)
+    return total, derived, stored
+
+
+def run_domain_bench(
+    records: int = 200_000, timer: Callable[[], float] | None = None
+) -> dict[str, Any]:
+    """All figures as a JSON-able dict."""
+    if timer is None:
+        raise ValueError("pass a timer (e.g. time.perf_counter): the domain reads no clock")
+    program = DEFAULT_PROGRAM.compile()
+    per_member = len(member_history(random.Random(7), 0))
+    members = max(1, records // per_member)
+    n, secs = _in_order_rate(program, members, timer, with_identity=False)
+    n_id, secs_id = _in_order_rate(program, max(1, members // 4), timer, with_identity=True)
+    total, derived, stored = _bytes_per_member(program, 1000)
+    return {
+        "in_order_records": n,
+        "in_order_records_per_s": round(n / secs),
+        "in_order_with_identity_records_per_s": round(n_id / secs_id),
+        "late_record_ms_in_1000_record_cluster": round(_late_record_ms(program, timer), 2),
+        "member_state_bytes_total": round(total),
+        "member_state_bytes_excluding_records": round(derived),
+        "member_state_stored_bytes_orjson": round(stored),
+        "records_per_typical_member": per_member,
+    }
+
+
+def format_figures(f: dict[str, Any]) -> str:
+    return "\n".join(f"{k:42} {v:>12,}" if isinstance(v, int) else f"{k:42} {v:>12}"
+                     for k, v in f.items())
