@@ -99,13 +99,17 @@ def config_validate(
 def bench_domain(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with all figures."),
     records: int = typer.Option(200_000, "--records", min=1000, help="Records of the rate test."),
+    members: int = typer.Option(1000, "--members", min=1, help="Members of the memory test."),
+    repeats: int = typer.Option(15, "--repeats", min=1, help="Late records timed (median)."),
 ) -> None:
     """Records/s in time order (one core), cost of a late record, bytes per member state."""
     import time
 
     from app.domain.bench import format_figures, run_domain_bench
 
-    figures = run_domain_bench(records=records, timer=time.perf_counter)
+    figures = run_domain_bench(
+        records=records, timer=time.perf_counter, memory_members=members, late_repeats=repeats
+    )
     typer.echo(json.dumps(figures, indent=2) if as_json else format_figures(figures))
 
 

@@ -84,7 +84,7 @@ def _in_order_rate(
     return len(records), timer() - start
 
 
-def _late_record_ms(program: CompiledProgram, timer: Callable[[], float]) -> float:
+def _late_record_ms(program: CompiledProgram, timer: Callable[[], float], repeats: int) -> float:
     rng = random.Random(11)
     history = member_history(rng, 1, purchases=960)[:1000]
     blob = MemberState(program, "member:1")
@@ -92,7 +92,7 @@ def _late_record_ms(program: CompiledProgram, timer: Callable[[], float]) -> flo
     stored = blob.to_bytes()
     who = history[0].identifiers
     costs = []
-    for i in range(15):
+    for i in range(repeats):
         state = MemberState.from_bytes(program, stored)
         late_at = history[len(history) // 2].occurred_at + timedelta(seconds=i + 1)
         late = PurchaseCompleted(f"pos.transactions:late{i}", "pos", "transactions", f"late{i}",
@@ -128,7 +128,10 @@ def _bytes_per_member(program: CompiledProgram, members: int) -> tuple[float, fl
 
 
 def run_domain_bench(
-    records: int = 200_000, timer: Callable[[], float] | None = None
+    records: int = 200_000,
+    timer: Callable[[], float] | None = None,
+    memory_members: int = 1000,
+    late_repeats: int = 15,
 ) -> dict[str, Any]:
     """All figures as a JSON-able dict."""
     if timer is None:
@@ -138,12 +141,13 @@ def run_domain_bench(
     members = max(1, records // per_member)
     n, secs = _in_order_rate(program, members, timer, with_identity=False)
     n_id, secs_id = _in_order_rate(program, max(1, members // 4), timer, with_identity=True)
-    total, derived, stored = _bytes_per_member(program, 1000)
+    total, derived, stored = _bytes_per_member(program, memory_members)
+    late_ms = _late_record_ms(program, timer, late_repeats)
     return {
         "in_order_records": n,
         "in_order_records_per_s": round(n / secs),
         "in_order_with_identity_records_per_s": round(n_id / secs_id),
-        "late_record_ms_in_1000_record_cluster": round(_late_record_ms(program, timer), 2),
+        "late_record_ms_in_1000_record_cluster": round(late_ms, 2),
         "member_state_bytes_total": round(total),
         "member_state_bytes_excluding_records": round(derived),
         "member_state_stored_bytes_orjson": round(stored),
