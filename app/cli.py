@@ -218,6 +218,97 @@ def connectors_apply(
         typer.echo(f"{code} {name}")
 
 
+@app.command("wait")
+def wait_cmd(
+    caught_up: bool = typer.Option(
+        False, "--caught-up", help="Wait until every change committed before the call is applied."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Give up after S seconds."),
+    state_dir: Path | None = StateDir,
+) -> None:
+    """Block until the pipeline has caught up with the sources (exit 1 on timeout)."""
+    from app.stack.pipeline import wait_caught_up
+
+    if not caught_up:
+        raise typer.BadParameter("say what to wait for: --caught-up", param_hint="--caught-up")
+    phases = wait_caught_up(state_dir_or_default(state_dir), timeout=timeout)
+    _say("caught up in " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+
+
+clock_app = typer.Typer(help="The manual clock (`up --clock manual`).", no_args_is_help=True)
+app.add_typer(clock_app, name="clock")
+
+
+@clock_app.command("tick")
+def clock_tick(
+    to: str = typer.Option(..., "--to", help="ISO-8601 time, e.g. 2026-12-31T00:00:00Z."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1),
+    state_dir: Path | None = StateDir,
+) -> None:
+    """Apply every time-driven effect up to T (expiry, downgrades, lapse risk ...)."""
+    from datetime import UTC, datetime
+
+    from app.stack.pipeline import tick
+
+    try:
+        at = datetime.fromisoformat(to.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO-8601 time: {to!r}", param_hint="--to") from None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    n = tick(state_dir_or_default(state_dir), at, timeout=timeout)
+    _say(f"clock at {at.astimezone(UTC).isoformat()} on {n} partitions")
+
+
+profiles_app = typer.Typer(help="Unified profiles in the profile store.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+def _store_dsn(state_dir: Path | None, dsn: str | None) -> str:
+    from app.stack.errors import StackError
+    from app.stack.postgres import dsn_for
+    from app.stack.state import StackPaths
+
+    dsn = dsn or os.environ.get("LOYALTY_CDP_STORE_DSN")
+    if dsn:
+        return dsn
+    st = StackPaths(state_dir_or_default(state_dir)).load()
+    if st is None:
+        raise StackError("no profile store: run `loyalty-cdp up` or pass --dsn")
+    return dsn_for(st.pg_port, "cdp")
+
+
+@profiles_app.command("export")
+def profiles_export(
+    out: Path | None = typer.Option(None, "--out", help="Write JSON lines here (default stdout)."),
+    dsn: str | None = typer.Option(None, "--dsn", help="Profile store DSN (default: the stack's)."),
+    state_dir: Path | None = StateDir,
+) -> None:
+    """Every profile (members and guests) as JSON lines, with the fields of SPEC section 5."""
+    import orjson
+
+    from streams.store import Store
+
+    store = Store(_store_dsn(state_dir, dsn))
+    n = 0
+    try:
+        with open(out, "wb") if out else open(sys.stdout.fileno(), "wb", closefd=False) as fh:
+            for doc in store.export():
+                fh.write(orjson.dumps(doc) + b"\n")
+                n += 1
+    finally:
+        store.dispose()
+    _say(f"exported {n} profiles" + (f" to {out}" if out else ""))
+
+
+@app.command("replay")
+def replay_cmd(state_dir: Path | None = StateDir) -> None:
+    """Reprocess the change topics from their start (results are unchanged: exactly-once)."""
+    from app.stack.embedded import replay
+
+    n = replay(state_dir_or_default(state_dir), say=_say)
+    _say(f"replaying {n} change-topic partitions from the start")
+
+
 def _register_optional() -> None:
     """Mount the sub-commands that live in their own modules."""
     from app.db.cli import app as db_app
@@ -248,6 +339,8 @@ _register_optional()
 
 def main() -> None:
     """Console entry point: user errors are one line and exit 1, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.stack.errors import StackError
     from app.stack.postgres import PostgresError
 
@@ -271,7 +364,7 @@ def main() -> None:
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
-    except (StackError, PostgresError, OSError) as exc:
+    except (StackError, PostgresError, OSError, SQLAlchemyError) as exc:
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

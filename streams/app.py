@@ -23,6 +23,8 @@ class WorkerSettings:
     data_dir: Path
     app_id: str = "loyalty-cdp"
     web_host: str = "127.0.0.1"
+    store_dsn: str = ""
+    clock: str = "wall"  # or "manual"
 
 
 def build_app(cfg: WorkerSettings) -> faust.App:

@@ -9,22 +9,42 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import faust
+from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
 
 from app.cdc.connectors import change_topics, load_connectors
+from app.domain.program import load_program
 from app.mapping.engine import Mapper
 from app.settings import settings
+from app.stack.postgres import dsn_for
 from app.stack.state import StackPaths
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
+from streams.identity import IdentityStage
+from streams.outbox import Outbox
 from streams.producer import BatchProducer
+from streams.profiles import ProfileStage
+from streams.stages import register_stages
+from streams.store import Store
+from streams.topics import RESOLVED
 
 log = logging.getLogger("loyalty_cdp.worker")
+
+
+def _partitions(bootstrap: str, topic: str) -> int:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=15)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise SystemExit(
+            f"error: topic {topic} missing on {bootstrap}: run `loyalty-cdp topics apply`"
+        )
+    return len(meta.partitions)
 
 
 def create_worker_app(cfg: WorkerSettings) -> faust.App:
@@ -34,11 +54,27 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     topics = change_topics(load_connectors(conf.connectors_dir))
     out = BatchProducer(cfg.broker)
     router = register_canonical_agent(app, mapper, out, topics)
+    program = load_program(conf.program_file).compile()
+    store = Store(cfg.store_dsn)
+    outbox = Outbox(store, out, cfg.broker)
+    partitions = _partitions(cfg.broker, RESOLVED)
+    identity = IdentityStage(program, store, out, outbox, partitions)
+    profiles = ProfileStage(program, store, out, outbox, partitions, clock=cfg.clock)
+    register_stages(app, identity, profiles)
 
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "canonical": router.counts})
+            return self.json(
+                {
+                    "status": "ok",
+                    "clock": cfg.clock,
+                    "canonical": router.counts,
+                    "identity": identity.counts,
+                    "profiles": profiles.counts,
+                    "loyalty_events_published": outbox.published,
+                }
+            )
 
     return app
 
@@ -52,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="warn")
     args = parser.parse_args(argv)
     broker, web_port, data_dir = args.broker, args.web_port, None
+    store_dsn = os.environ.get("LOYALTY_CDP_STORE_DSN")
+    clock = os.environ.get("LOYALTY_CDP_CLOCK", "wall")
     if args.state_dir is not None:
         paths = StackPaths(args.state_dir)
         state = paths.load()
@@ -61,14 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         broker = broker or state.broker
         web_port = web_port or state.api_port
         data_dir = paths.root / "worker"
-    if not broker or not web_port:
-        print("error: --broker and --web-port (or --state-dir) are required", file=sys.stderr)
+        store_dsn = store_dsn or dsn_for(state.pg_port, "cdp")
+        clock = state.clock
+    if not broker or not web_port or not store_dsn:
+        print(
+            "error: --broker, --web-port and $LOYALTY_CDP_STORE_DSN (or --state-dir) are required",
+            file=sys.stderr,
+        )
         return 2
     cfg = WorkerSettings(
         broker=broker,
         web_port=web_port,
         data_dir=data_dir or Path("worker-data"),
         web_host=args.web_host,
+        store_dsn=store_dsn,
+        clock=clock,
     )
     app = create_worker_app(cfg)
     worker: Any = faust.Worker(app, loglevel=args.loglevel, quiet=True)

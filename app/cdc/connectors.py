@@ -53,6 +53,10 @@ class ConnectorSpec(BaseModel):
         "initial"
     )
     heartbeat_interval_ms: int = Field(10_000, ge=0)
+    #: Bookkeeping table in each source (app/db/heartbeat.py): captured so that
+    #: `wait --caught-up` can pass a token through capture, and updated by Debezium's
+    #: heartbeat action so an idle database's slot keeps advancing. Empty to disable.
+    heartbeat_table: str = "loyalty_cdp.cdc_heartbeat"
     connection: ConnectionSpec = ConnectionSpec()
     properties: dict[str, str | int | bool] = {}
 
@@ -69,7 +73,10 @@ class ConnectorSpec(BaseModel):
             "slot.name": self.slot_name,
             "publication.name": self.publication_name,
             "publication.autocreate.mode": "filtered",
-            "table.include.list": ",".join(f"{self.schema_}.{t}" for t in self.tables),
+            "table.include.list": ",".join(
+                [f"{self.schema_}.{t}" for t in self.tables]
+                + ([self.heartbeat_table] if self.heartbeat_table else [])
+            ),
             "decimal.handling.mode": "string",
             "snapshot.mode": self.snapshot_mode,
             "heartbeat.interval.ms": str(self.heartbeat_interval_ms),
@@ -79,8 +86,16 @@ class ConnectorSpec(BaseModel):
             "value.converter": "org.apache.kafka.connect.json.JsonConverter",
             "value.converter.schemas.enable": "false",
         }
+        if self.heartbeat_table:
+            props["heartbeat.action.query"] = (
+                f"UPDATE {self.heartbeat_table} SET at = now() WHERE source = '{self.name}'"
+            )
         props.update({k: _str(v) for k, v in self.properties.items()})
         return props
+
+    def heartbeat_topic(self) -> str | None:
+        """Change topic of the heartbeat table (not mapped; the CDC runner reads tokens)."""
+        return f"{self.topic_prefix}.{self.heartbeat_table}" if self.heartbeat_table else None
 
 
 def _str(v: str | int | bool) -> str:

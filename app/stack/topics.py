@@ -49,6 +49,10 @@ def load_plan(path: Path, connectors: list[ConnectorSpec]) -> TopicPlan:
     plan = TopicPlan(dict(raw.topics))
     for topic in change_topics(connectors):
         plan.topics.setdefault(topic, raw.cdc_defaults)
+    for spec in connectors:
+        hb = spec.heartbeat_topic()
+        if hb:  # Kafka Connect writes heartbeat-table changes here (never auto-created)
+            plan.topics.setdefault(hb, TopicSpec(partitions=1, config={"retention.ms": "86400000"}))
     return plan
 
 

@@ -34,7 +34,7 @@ def test_member_no_set_is_enrollment_at_updated_at(m: MapFn) -> None:
     assert enrolled.type == "cdp.member.enrolled"
     assert enrolled.time == "2026-03-02T08:30:00.654321Z"
     assert enrolled.data["member_no"] == "M0042"
-    assert enrolled.data["record_id"] == "app.users:U5#M0042"
+    assert enrolled.data["record_id"] == "app.users:U5#M0042@member.enrolled"
     # a later snapshot of the enrolled user gives the same enrollment id
     later = {**after, "email": "bob@y.org", "updated_at": "2026-04-01T00:00:00Z"}
     snap = {e.type: e for e in m(U, "r", later)}

@@ -32,11 +32,11 @@ def test_transaction_insert_is_a_purchase(m: MapFn) -> None:
         "id": expected_id[:32],
         "source": "loyalty-cdp/pos",
         "type": "cdp.purchase.completed",
-        "subject": "pos.transactions:T1001",
+        "subject": "pos.transactions:T1001@purchase.completed",
         "time": "2026-03-01T10:15:00.123456Z",
         "datacontenttype": "application/json",
         "data": {
-            "record_id": "pos.transactions:T1001",
+            "record_id": "pos.transactions:T1001@purchase.completed",
             "source": "pos",
             "table": "transactions",
             "pk": "T1001",

@@ -1,0 +1,25 @@
+"""app: the CDC heartbeat table (schema loyalty_cdp, see app/db/heartbeat.py).
+
+Revision ID: app_0002
+Revises: app_0001
+Create Date: 2026-11-25
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from app.db import heartbeat
+
+revision: str = "app_0002"
+down_revision: str | None = "app_0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    heartbeat.create(op, "app")
+
+
+def downgrade() -> None:
+    heartbeat.drop(op)

@@ -1,0 +1,200 @@
+"""Identity stage: ``cdp.events`` -> profile history in the store + ``cdp.resolved``.
+
+Exactness across partitions and workers: ``cdp.events`` has several partitions, possibly
+consumed by several workers, and two records that link the same person can arrive on two of
+them at the same moment. Every batch therefore resolves identity inside one PostgreSQL
+transaction holding a global advisory lock (``pg_advisory_xact_lock``): identity decisions
+are serialised, and each one sees all decisions committed before it. The union-find itself is
+the domain's :class:`IdentityGraph`, kept in memory; under the lock the worker first replays
+the records other workers committed since it last looked (``records.seq`` is assigned under
+the same lock, so it is the commit order). The graph is a function of the *set* of records,
+so replaying them in any order gives the same grouping and the same (content-derived)
+profile ids. Resolution costs microseconds per record, so one lock holder at a time is not
+the bottleneck; the expensive fold is partitioned by profile in the profile stage.
+
+Each record is written to ``records`` with its profile; a merge moves the absorbed profiles'
+records to the survivor in the same transaction. Then one small notification per touched
+profile goes to ``cdp.resolved`` (key and partition = the profile): the profile stage reads
+what changed from the store, so notifications can be duplicated or reordered freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.domain.events import LoyaltyEvent
+from app.domain.identity import IdentityGraph
+from app.domain.program import CompiledProgram
+from app.domain.records import (
+    InvalidRecord,
+    PurchaseLine,
+    Record,
+    UnknownPurchase,
+    record_from_cloudevent,
+)
+from streams.outbox import Outbox
+from streams.producer import BatchProducer
+from streams.store import Store
+from streams.topics import DLQ, RESOLVED, partition_of
+
+__all__ = ["IdentityStage", "encode_note"]
+
+
+def encode_note(profile_id: str, refold: bool) -> bytes:
+    return orjson.dumps({"p": profile_id, "refold": refold})
+
+
+@dataclass
+class _Batch:
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # record_id -> row
+    notes: dict[str, bool] = field(default_factory=dict)  # profile -> refold
+    merges: list[tuple[str, str]] = field(default_factory=list)  # (old, new) in order
+    events: list[LoyaltyEvent] = field(default_factory=list)
+    parked: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # rid -> (purchase, payload)
+    unparked: list[str] = field(default_factory=list)
+
+
+class IdentityStage:
+    def __init__(
+        self,
+        program: CompiledProgram,
+        store: Store,
+        out: BatchProducer,
+        outbox: Outbox,
+        partitions: int,
+    ) -> None:
+        self.program = program
+        self.store = store
+        self.out = out
+        self.outbox = outbox
+        self.partitions = partitions
+        self.graph = IdentityGraph(program)
+        self.seq = 0
+        self.counts = {"in": 0, "records": 0, "parked": 0, "dlq": 0, "merges": 0}
+
+    # -- parsing ------------------------------------------------------------------------
+
+    def parse(self, value: bytes) -> Record:
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRecord(None, f"not JSON: {exc}") from None
+        return record_from_cloudevent(event, currencies=self.program.currencies)
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        self.out.send(
+            DLQ,
+            message.value,
+            message.key,
+            [
+                ("dlq.reason", reason.encode()),
+                ("dlq.code", b"invalid_record"),
+                ("dlq.topic", message.topic.encode()),
+                ("dlq.partition", str(message.partition).encode()),
+                ("dlq.offset", str(message.offset).encode()),
+            ],
+        )
+        self.counts["dlq"] += 1
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def process(self, messages: Sequence[Any]) -> None:
+        """Resolve one batch of ``cdp.events`` messages (blocking; run in an executor)."""
+        parsed: list[tuple[Record, bytes]] = []
+        for m in messages:
+            if not m.value:
+                continue
+            try:
+                r = self.parse(m.value)
+            except InvalidRecord as exc:
+                self._dead_letter(m, str(exc))
+                continue
+            if isinstance(r, PurchaseLine):
+                continue  # lines stay on cdp.events for consumers; no profile field uses them
+            parsed.append((r, m.value))
+        self.counts["in"] += len(messages)
+        b = _Batch()
+        with self.store.tx() as conn:
+            self.store.identity_lock(conn)
+            self._catch_up(conn)
+            for r, payload in parsed:
+                self._place(r, payload, b)
+            parked = self._load_parked(conn)
+            self._retry_parked(parked, b)
+            top = self.store.insert_records(conn, list(b.rows.values()))
+            for old, new in b.merges:
+                self.store.reassign(conn, old, new)
+            self.store.park(conn, [(rid, p, pl) for rid, (p, pl) in b.parked.items()])
+            self.store.unpark(conn, b.unparked)
+            self.seq = max(self.seq, top)
+            parts = {e.profile_id: partition_of(e.profile_id, self.partitions) for e in b.events}
+            new_events = self.outbox.add(conn, b.events, parts)
+        self.counts["records"] += len(b.rows)
+        self.counts["merges"] += len(b.merges)
+        for pid, refold in b.notes.items():
+            self.out.send(
+                RESOLVED,
+                encode_note(pid, refold),
+                pid.encode(),
+                partition=partition_of(pid, self.partitions),
+            )
+        self.out.flush_sync()
+        self.outbox.publish(new_events)
+
+    def _catch_up(self, conn: Any) -> None:
+        """Replay records other workers committed since this worker last held the lock."""
+        for seq, payload in self.store.records_after(conn, self.seq):
+            self.graph.add(self.parse(payload))
+            self.seq = seq
+
+    def _load_parked(self, conn: Any) -> list[tuple[Record, bytes]]:
+        return [(self.parse(p), p) for p in self.store.parked(conn)]
+
+    def _place(self, r: Record, payload: bytes, b: _Batch) -> None:
+        try:
+            res = self.graph.add(r)
+        except UnknownPurchase:
+            assert hasattr(r, "purchase_id")
+            b.parked[r.record_id] = (r.purchase_id, payload)
+            self.counts["parked"] += 1
+            return
+        pid = res.cluster_id
+        b.rows[r.record_id] = {
+            "record_id": r.record_id,
+            "profile_id": pid,
+            "occurred_at": r.occurred_at,
+            "type": r.TYPE,
+            "payload": payload,
+        }
+        b.notes.setdefault(pid, False)
+        if res.previous_ids:
+            for old in res.previous_ids:
+                b.merges.append((old, pid))
+                b.notes[old] = True  # re-read from scratch: found empty, it is retired
+                for row in b.rows.values():
+                    if row["profile_id"] == old:
+                        row["profile_id"] = pid
+            b.notes[pid] = True
+            b.events.extend(res.events)
+
+    def _retry_parked(self, parked: list[tuple[Record, bytes]], b: _Batch) -> None:
+        """Place parked records whose purchase is now known (a POS return after its sale)."""
+        pending = parked + [(self.parse(pl), pl) for rid, (_, pl) in list(b.parked.items())]
+        progress = True
+        while progress and pending:
+            progress = False
+            rest = []
+            for r, payload in pending:
+                purchase = getattr(r, "purchase_id", None)
+                if purchase is not None and self.graph.cluster_of_purchase(purchase) is not None:
+                    b.parked.pop(r.record_id, None)
+                    self._place(r, payload, b)
+                    b.unparked.append(r.record_id)
+                    progress = True
+                else:
+                    rest.append((r, payload))
+            pending = rest

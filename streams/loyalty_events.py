@@ -1,0 +1,41 @@
+"""Loyalty events (domain) as CloudEvents 1.0 on ``loyalty.events`` (key = member id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.domain.events import LoyaltyEvent
+from app.domain.records import format_time
+
+SOURCE = "loyalty-cdp/loyalty"
+TYPE_PREFIX = "loyalty."
+
+
+def event_key(ev: LoyaltyEvent) -> str:
+    """Member id for members; the opaque profile id for guests (never an email or phone)."""
+    return ev.member_id or ev.profile_id
+
+
+def to_cloudevent(ev: LoyaltyEvent) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": ev.id,
+        "source": SOURCE,
+        "type": TYPE_PREFIX + ev.type,
+        "subject": event_key(ev),
+        "time": format_time(ev.effective_at),
+        "datacontenttype": "application/json",
+        "data": {
+            "member_id": ev.member_id,
+            "profile_id": ev.profile_id,
+            "effective_at": format_time(ev.effective_at),
+            "cause_record_id": ev.cause_record_id,
+            **ev.data,
+        },
+    }
+
+
+def encode(ev: LoyaltyEvent) -> bytes:
+    return orjson.dumps(to_cloudevent(ev))

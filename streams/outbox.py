@@ -1,0 +1,154 @@
+"""Exactly-once publication of loyalty events through a transactional outbox.
+
+A stage inserts its events into ``loyalty_outbox`` in the same transaction as the state they
+come from, keyed by the event's deterministic id: a refold after a crash, a restart or a
+replay produces the same ids, which the insert skips, so an event is emitted once however
+often its moment is recomputed. After commit the stage produces the new rows, flushes, and
+marks them published.
+
+A crash between the broker's acknowledgement and the mark leaves rows that *were*
+published but are not marked. :meth:`Outbox.reconcile` (run when a worker takes over a
+partition) reads ``loyalty.events`` back from shortly before the oldest unmarked row and
+publishes only the ids it does not find, so the topic carries each id once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import Connection, text
+
+from app.domain.events import LoyaltyEvent
+from streams.loyalty_events import encode, event_key
+from streams.producer import BatchProducer
+from streams.store import Store
+from streams.topics import LOYALTY
+
+__all__ = ["Outbox", "OutboxRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    event_id: str
+    key: str
+    payload: bytes
+
+
+class Outbox:
+    def __init__(self, store: Store, out: BatchProducer, bootstrap: str) -> None:
+        self.store = store
+        self.out = out
+        self.bootstrap = bootstrap
+        self.published = 0
+
+    @staticmethod
+    def add(
+        conn: Connection, events: Sequence[LoyaltyEvent], partition_of: dict[str, int]
+    ) -> list[OutboxRow]:
+        """Insert events not emitted before; returns the new rows (to publish after commit)."""
+        if not events:
+            return []
+        uniq = {e.id: e for e in events}
+        rows = conn.execute(
+            text(
+                "INSERT INTO loyalty_outbox (event_id, partition, profile_id, type, key, payload)"
+                " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:parts AS int[]),"
+                " CAST(:pids AS text[]), CAST(:types AS text[]), CAST(:keys AS text[]),"
+                " CAST(:payloads AS bytea[]))"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload"
+            ),
+            {
+                "ids": list(uniq),
+                "parts": [partition_of[e.profile_id] for e in uniq.values()],
+                "pids": [e.profile_id for e in uniq.values()],
+                "types": [e.type for e in uniq.values()],
+                "keys": [event_key(e) for e in uniq.values()],
+                "payloads": [encode(e) for e in uniq.values()],
+            },
+        )
+        return sorted((OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows), key=lambda r: r.seq)
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Produce, wait for every acknowledgement, then mark the rows published."""
+        if not rows:
+            return
+        for r in rows:
+            self.out.send(LOYALTY, r.payload, r.key.encode())
+        self.out.flush_sync()
+        with self.store.tx() as conn:
+            conn.execute(
+                text("UPDATE loyalty_outbox SET published_at = now() WHERE seq = ANY(:s)"),
+                {"s": [r.seq for r in rows]},
+            )
+        self.published += len(rows)
+
+    def reconcile(self, partitions: Sequence[int]) -> int:
+        """Publish the unmarked rows of ``partitions`` that are not on the topic yet."""
+        with self.store.tx() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT seq, event_id, key, payload, created_at FROM loyalty_outbox"
+                    " WHERE published_at IS NULL AND partition = ANY(:p) ORDER BY seq"
+                ),
+                {"p": list(partitions)},
+            ).all()
+        if not rows:
+            return 0
+        since = min(r[4] for r in rows) - timedelta(seconds=60)
+        on_topic = self._ids_on_topic(int(since.timestamp() * 1000))
+        missing = [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows if r[1] not in on_topic]
+        present = [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows if r[1] in on_topic]
+        self.publish(missing)
+        if present:
+            with self.store.tx() as conn:
+                conn.execute(
+                    text("UPDATE loyalty_outbox SET published_at = now() WHERE seq = ANY(:s)"),
+                    {"s": [r.seq for r in present]},
+                )
+        return len(missing)
+
+    def _ids_on_topic(self, since_ms: int) -> set[str]:
+        import orjson
+
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"loyalty-cdp-outbox-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            md = c.list_topics(LOYALTY, timeout=10)
+            parts = [TopicPartition(LOYALTY, p, since_ms) for p in md.topics[LOYALTY].partitions]
+            starts = c.offsets_for_times(parts, timeout=10)
+            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in starts}
+            todo = {
+                tp.partition for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]
+            }
+            assign = [
+                TopicPartition(LOYALTY, tp.partition, tp.offset)
+                for tp in starts
+                if tp.partition in todo
+            ]
+            ids: set[str] = set()
+            if not assign:
+                return ids
+            c.assign(assign)
+            deadline = time.monotonic() + 60
+            while todo and time.monotonic() < deadline:
+                for m in c.consume(1000, 0.5):
+                    if m.error():
+                        continue
+                    ids.add(orjson.loads(m.value())["id"])
+                    if m.offset() + 1 >= ends[m.partition()]:
+                        todo.discard(m.partition())
+            return ids
+        finally:
+            c.close()

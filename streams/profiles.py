@@ -1,0 +1,263 @@
+"""Profile stage: ``cdp.resolved`` notifications -> member state, loyalty events, profiles.
+
+Each ``cdp.resolved`` partition is owned by one worker (Kafka's group assignment, and a
+per-partition advisory lock in the store as a guard against the overlap a rebalance can
+leave). The owner keeps the :class:`MemberState` of its profiles in memory as a cache of the
+store: a notification only says "profile P changed"; the stage reads P's records with a
+higher ``seq`` than it has folded (or all of them, for a merge or a stale cache) and applies
+them with the domain core, which handles late records exactly. A cached state is trusted only
+while the profile's ``version`` in the store is the one this worker wrote last, so a state
+changed by another worker (before a rebalance) is reloaded, never overwritten.
+
+Per batch, in one transaction: the new snapshots (``profiles`` + identifier index), retired
+profiles (absorbed by a merge or renamed), refused records, and the loyalty events into the
+outbox (deduplicated by id). After commit: snapshots to ``cdp.profiles`` (compacted;
+tombstones for retired profiles) and the new events to ``loyalty.events``.
+
+Clock: with the wall clock every batch and a once-a-second timer advance the states to now;
+with the manual clock the states move only with their records and with ``clock tick``
+messages, which every partition applies in order with its notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app.domain.events import LoyaltyEvent
+from app.domain.program import CompiledProgram
+from app.domain.records import (
+    InvalidRecord,
+    Record,
+    UnknownPurchase,
+    parse_time,
+    record_from_cloudevent,
+)
+from app.domain.state import MemberState
+from streams.outbox import Outbox
+from streams.producer import BatchProducer
+from streams.store import Store
+from streams.topics import DLQ, PROFILES, partition_of
+
+__all__ = ["ProfileStage", "encode_tick"]
+
+
+def encode_tick(at: datetime) -> bytes:
+    return orjson.dumps({"tick": at.astimezone(UTC).isoformat()})
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProfileStage:
+    def __init__(
+        self,
+        program: CompiledProgram,
+        store: Store,
+        out: BatchProducer,
+        outbox: Outbox,
+        partitions: int,
+        clock: str = "wall",
+        now: Callable[[], datetime] = _wall_now,
+    ) -> None:
+        self.program = program
+        self.store = store
+        self.out = out
+        self.outbox = outbox
+        self.partitions = partitions
+        self.manual = clock == "manual"
+        self.now = now
+        self.states: dict[str, MemberState] = {}
+        self.seqs: dict[str, int] = {}
+        self.versions: dict[str, int] = {}
+        self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
+        self.owned: set[int] = set()
+        self.counts = {"notes": 0, "profiles_written": 0, "events": 0, "rejected": 0}
+
+    def _part(self, pid: str) -> int:
+        return partition_of(pid, self.partitions)
+
+    def revoke(self, partitions: Sequence[int]) -> None:
+        """Forget the cached states of partitions this worker no longer owns."""
+        gone = set(partitions)
+        for pid in [p for p in self.states if self._part(p) in gone]:
+            self._forget(pid)
+        self.owned -= gone
+
+    def _forget(self, pid: str) -> None:
+        self.states.pop(pid, None)
+        self.seqs.pop(pid, None)
+        self.versions.pop(pid, None)
+        self.pending.pop(pid, None)
+
+    # -- entry points (blocking; the worker runs them on one executor thread) -----------
+
+    def process(self, notes: Sequence[tuple[int, bytes]]) -> None:
+        touched: dict[str, bool] = {}
+        ticks: dict[int, datetime] = {}
+        for partition, value in notes:
+            msg = orjson.loads(value)
+            if "tick" in msg:
+                at = parse_time(msg["tick"], None, "tick")
+                ticks[partition] = max(at, ticks.get(partition, at))
+            else:
+                touched[msg["p"]] = touched.get(msg["p"], False) or bool(msg.get("refold"))
+        self.counts["notes"] += len(notes)
+        parts = sorted({self._part(p) for p in touched} | set(ticks))
+        self._run(parts, touched, ticks, advance_all=bool(ticks))
+
+    def advance_wall_clock(self) -> None:
+        """The once-a-second timer: time-driven effects of every owned profile up to now."""
+        if not self.manual and self.owned:
+            self._run(sorted(self.owned), {}, {}, advance_all=True)
+
+    # -- the transaction ----------------------------------------------------------------
+
+    def _run(
+        self,
+        parts: list[int],
+        touched: dict[str, bool],
+        ticks: dict[int, datetime],
+        advance_all: bool,
+    ) -> None:
+        fresh = [p for p in parts if p not in self.owned]
+        if fresh:
+            self.outbox.reconcile(fresh)
+        events: list[LoyaltyEvent] = []
+        rejected: list[tuple[Record, str]] = []
+        with self.store.tx() as conn:
+            for p in parts:
+                self.store.partition_lock(conn, p)
+            if fresh:
+                for pid in self.store.profile_ids(conn):
+                    if self._part(pid) in fresh:
+                        touched.setdefault(pid, True)
+            for p, at in ticks.items():
+                self.store.set_clock(conn, p, at)
+            target = self.store.clock(conn) if self.manual else self.now()
+            changed, gone, db_versions = self._refresh(conn, touched, events, rejected)
+            if advance_all:
+                tick_parts = set(ticks) if ticks else set(parts)
+                changed |= {pid for pid in self.states if self._part(pid) in tick_parts}
+            if target is not None:
+                for pid in changed | (set(self.states) if advance_all else set()):
+                    st = self.states[pid]
+                    if st.as_of is None or target > st.as_of:
+                        new = st.advance_to(target)
+                        if new:
+                            events.extend(new)
+                            changed.add(pid)
+            docs = {pid: self.states[pid].snapshot() for pid in sorted(changed)}
+            versions = {pid: db_versions.get(pid, 0) + 1 for pid in docs}
+            self.store.upsert_profiles(conn, docs, versions)
+            self.store.delete_profiles(conn, gone)
+            self.store.reject(conn, [(r.record_id, why) for r, why in rejected])
+            parts_of = {e.profile_id: self._part(e.profile_id) for e in events}
+            new_events = self.outbox.add(conn, events, parts_of)
+        self.owned.update(fresh)
+        self.versions.update(versions)
+        for pid in gone:
+            self._forget(pid)
+        self._publish(docs, gone, rejected)
+        self.outbox.publish(new_events)
+        self.counts["profiles_written"] += len(docs)
+        self.counts["events"] += len(new_events)
+        self.counts["rejected"] += len(rejected)
+
+    def _refresh(
+        self,
+        conn: Any,
+        touched: dict[str, bool],
+        events: list[LoyaltyEvent],
+        rejected: list[tuple[Record, str]],
+    ) -> tuple[set[str], list[str], dict[str, int]]:
+        """Fold what changed in the store into the cached states."""
+        db_versions = self.store.versions(conn, touched)
+        after: dict[str, int] = {}
+        for pid, refold in touched.items():
+            cached = pid in self.states and db_versions.get(pid, 0) == self.versions.get(pid)
+            if refold or not cached:
+                self._forget(pid)
+                after[pid] = 0
+            else:
+                after[pid] = self.seqs[pid]
+        changed: set[str] = set()
+        gone: list[str] = []
+        for pid, rows in self.store.records_of(conn, after).items():
+            if not rows:
+                if after[pid] == 0:
+                    gone.append(pid)  # no records left: absorbed by a merge, or renamed
+                continue
+            st = self.states.get(pid)
+            if st is None:
+                st = self.states[pid] = MemberState(self.program, pid)
+            pending = self.pending.setdefault(pid, {})
+            records = sorted(
+                (
+                    record_from_cloudevent(orjson.loads(p), currencies=self.program.currencies)
+                    for _, p in rows
+                ),
+                key=lambda r: r.sort_key(),
+            )
+            for r in records:
+                self._apply(st, r, pending, events, rejected)
+            self._retry(st, pending, events, rejected)
+            self.seqs[pid] = rows[-1][0]
+            changed.add(pid)
+        return changed, gone, db_versions
+
+    @staticmethod
+    def _apply(
+        st: MemberState,
+        r: Record,
+        pending: dict[str, Record],
+        events: list[LoyaltyEvent],
+        rejected: list[tuple[Record, str]],
+    ) -> bool:
+        try:
+            events.extend(st.add(r))
+            return True
+        except UnknownPurchase:
+            pending[r.record_id] = r  # its purchase has not arrived yet
+        except InvalidRecord as exc:
+            rejected.append((r, exc.reason))
+        return False
+
+    def _retry(
+        self,
+        st: MemberState,
+        pending: dict[str, Record],
+        events: list[LoyaltyEvent],
+        rejected: list[tuple[Record, str]],
+    ) -> None:
+        progress = True
+        while pending and progress:
+            progress = False
+            for rid, r in sorted(pending.items(), key=lambda kv: kv[1].sort_key()):
+                del pending[rid]
+                if self._apply(st, r, pending, events, rejected):
+                    progress = True
+
+    def _publish(
+        self, docs: dict[str, dict[str, Any]], gone: list[str], rejected: list[tuple[Record, str]]
+    ) -> None:
+        for pid, doc in docs.items():
+            self.out.send(PROFILES, orjson.dumps({"profile_id": pid, **doc}), pid.encode())
+        for pid in gone:
+            self.out.send(PROFILES, None, pid.encode())
+        for r, why in rejected:
+            self.out.send(
+                DLQ,
+                orjson.dumps({"record_id": r.record_id, "type": r.TYPE}),
+                r.record_id.encode(),
+                [
+                    ("dlq.reason", why.encode()),
+                    ("dlq.code", b"rejected_record"),
+                    ("dlq.topic", b"cdp.events"),
+                ],
+            )
+        self.out.flush_sync()

@@ -1,0 +1,63 @@
+"""Registers the identity and profile stages as Faust agents on the worker's app.
+
+The stages' batch work is blocking (PostgreSQL, the domain fold), so each stage runs it on
+its own single-thread executor: the event loop stays free for Faust's heartbeats and
+fetches, and one thread per stage keeps a stage's batches strictly sequential (the profile
+stage's timer and rebalance callbacks go through the same thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from streams.identity import IdentityStage
+from streams.profiles import ProfileStage
+from streams.topics import CANONICAL, RESOLVED
+
+log = logging.getLogger("loyalty_cdp.stages")
+
+BATCH = 2000
+WITHIN_S = 0.02
+
+
+def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
+    ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
+    prof_exec = ThreadPoolExecutor(1, thread_name_prefix="profiles")
+
+    async def run(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except Exception as exc:
+            # State is durable in the store: crash loudly, restart, and resume exactly.
+            log.exception("stage failed; stopping the worker")
+            await app.crash(exc)
+            raise
+
+    canonical = app.topic(CANONICAL, key_serializer="raw", value_serializer="raw")
+    resolved = app.topic(RESOLVED, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(canonical, name="identity")
+    async def identity_agent(stream: faust.StreamT[Any]) -> None:
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            await run(ident_exec, identity.process, [e.message for e in events])
+
+    @app.agent(resolved, name="profiles")
+    async def profiles_agent(stream: faust.StreamT[Any]) -> None:
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            notes = [(e.message.partition, e.message.value) for e in events]
+            await run(prof_exec, profiles.process, notes)
+
+    @app.timer(1.0)
+    async def wall_clock() -> None:
+        await run(prof_exec, profiles.advance_wall_clock)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
+        parts = [tp.partition for tp in revoked if tp.topic == RESOLVED]
+        if parts:
+            await asyncio.get_running_loop().run_in_executor(prof_exec, profiles.revoke, parts)

@@ -1,0 +1,289 @@
+"""The profile store (PostgreSQL ``cdp`` database) as the stream stages use it.
+
+SQLAlchemy 2 Core over psycopg 3; every statement is parameterised. One transaction per
+batch: the stages do all of a batch's reads and writes inside it, so a crash leaves either
+the whole batch or nothing. Why the store, not Faust changelog tables, holds the durable
+state is in the README ("Architecture").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+__all__ = ["IDENTITY_LOCK", "Store", "identifier_hash"]
+
+IDENTITY_LOCK = 0x1D_E471  # pg_advisory_xact_lock key serialising identity resolution
+PARTITION_LOCK_BASE = 0x9A_0000  # + partition: one profile-stage owner per partition
+
+
+def identifier_hash(type_: str, value: str) -> str:
+    """Hex SHA-256 of ``type:value`` (normalised), keyed by ``$LOYALTY_CDP_IDENTIFIER_PEPPER``.
+
+    The lookup table never holds a raw email or phone: GET /v1/members/email:x hashes the
+    same way to find the profile.
+    """
+    pepper = os.environ.get("LOYALTY_CDP_IDENTIFIER_PEPPER", "")
+    return hashlib.sha256(f"{pepper}{type_}:{value}".encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, dsn: str) -> None:
+        url = make_url(dsn).set(drivername="postgresql+psycopg")
+        self.engine: Engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- identity stage ---------------------------------------------------------------
+
+    @staticmethod
+    def identity_lock(conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": IDENTITY_LOCK})
+
+    @staticmethod
+    def records_after(conn: Connection, seq: int) -> list[tuple[int, bytes]]:
+        rows = conn.execute(
+            text("SELECT seq, payload FROM records WHERE seq > :s ORDER BY seq"), {"s": seq}
+        )
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    @staticmethod
+    def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert new records (duplicates ignored); returns the highest seq assigned, or 0."""
+        if not rows:
+            return 0
+        result = conn.execute(
+            text(
+                "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
+                " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]),"
+                " CAST(:times AS timestamptz[]), CAST(:types AS text[]), CAST(:payloads AS bytea[]))"
+                " ON CONFLICT (record_id) DO NOTHING RETURNING seq"
+            ),
+            {
+                "ids": [r["record_id"] for r in rows],
+                "pids": [r["profile_id"] for r in rows],
+                "times": [r["occurred_at"] for r in rows],
+                "types": [r["type"] for r in rows],
+                "payloads": [r["payload"] for r in rows],
+            },
+        )
+        return max((r[0] for r in result), default=0)
+
+    @staticmethod
+    def reassign(conn: Connection, old: str, new: str) -> None:
+        conn.execute(
+            text("UPDATE records SET profile_id = :new WHERE profile_id = :old"),
+            {"old": old, "new": new},
+        )
+
+    @staticmethod
+    def parked(conn: Connection) -> list[bytes]:
+        return [bytes(r[0]) for r in conn.execute(text("SELECT payload FROM parked_records"))]
+
+    @staticmethod
+    def park(conn: Connection, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        if rows:
+            conn.execute(
+                text(
+                    "INSERT INTO parked_records (record_id, purchase_id, payload)"
+                    " VALUES (:r, :p, :b) ON CONFLICT DO NOTHING"
+                ),
+                [{"r": r, "p": p, "b": b} for r, p, b in rows],
+            )
+
+    @staticmethod
+    def unpark(conn: Connection, record_ids: Sequence[str]) -> None:
+        if record_ids:
+            conn.execute(
+                text("DELETE FROM parked_records WHERE record_id = ANY(:ids)"),
+                {"ids": list(record_ids)},
+            )
+
+    # -- profile stage ----------------------------------------------------------------
+
+    @staticmethod
+    def partition_lock(conn: Connection, partition: int) -> None:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"), {"k": PARTITION_LOCK_BASE + partition}
+        )
+
+    @staticmethod
+    def profile_ids(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.execute(text("SELECT DISTINCT profile_id FROM records"))]
+
+    @staticmethod
+    def versions(conn: Connection, profile_ids: Iterable[str]) -> dict[str, int]:
+        rows = conn.execute(
+            text("SELECT profile_id, version FROM profiles WHERE profile_id = ANY(:ids)"),
+            {"ids": list(profile_ids)},
+        )
+        return {r[0]: r[1] for r in rows}
+
+    @staticmethod
+    def records_of(conn: Connection, after: dict[str, int]) -> dict[str, list[tuple[int, bytes]]]:
+        """New records per profile: ``seq > after[profile]`` (0 = all), rejected ones left out."""
+        out: dict[str, list[tuple[int, bytes]]] = {pid: [] for pid in after}
+        if not after:
+            return out
+        rows = conn.execute(
+            text(
+                "SELECT r.profile_id, r.seq, r.payload FROM records r"
+                " JOIN unnest(CAST(:pids AS text[]), CAST(:seqs AS bigint[])) AS a(pid, s)"
+                " ON r.profile_id = a.pid AND r.seq > a.s"
+                " WHERE NOT EXISTS (SELECT 1 FROM rejected_records x WHERE x.record_id = r.record_id)"
+                " ORDER BY r.seq"
+            ),
+            {"pids": list(after), "seqs": list(after.values())},
+        )
+        for pid, seq, payload in rows:
+            out[pid].append((seq, bytes(payload)))
+        return out
+
+    @staticmethod
+    def reject(conn: Connection, rows: Sequence[tuple[str, str]]) -> None:
+        if rows:
+            conn.execute(
+                text(
+                    "INSERT INTO rejected_records (record_id, reason) VALUES (:r, :why)"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                [{"r": r, "why": why} for r, why in rows],
+            )
+
+    @staticmethod
+    def upsert_profiles(
+        conn: Connection, docs: dict[str, dict[str, Any]], versions: dict[str, int]
+    ) -> None:
+        """Write snapshots (the export document plus its columns) and the identifier index."""
+        if not docs:
+            return
+        params = []
+        for pid, doc in docs.items():
+            consent = doc["consent"]
+            params.append(
+                {
+                    "pid": pid,
+                    "member_id": doc["member_id"],
+                    "member_nos": doc["member_nos"],
+                    "identifiers": doc["identifiers"],
+                    "enrolled_at": doc["enrolled_at"],
+                    "tier": doc["tier"],
+                    "points_balance": doc["points_balance"],
+                    "q": doc["qualifying_spend_cents"],
+                    "life": doc["lifetime_spend_cents"],
+                    "n": doc["purchase_count"],
+                    "last": doc["last_purchase_at"],
+                    "lapse": doc["lapse_risk"],
+                    "email": consent["email_opt_in"],
+                    "sms": consent["sms_consent"],
+                    "admt": consent["admt_opt_out"],
+                    "push": consent["push_opt_in"],
+                    "as_of": doc["as_of"],
+                    "doc": orjson.dumps(doc).decode(),
+                    "version": versions[pid],
+                }
+            )
+        conn.execute(
+            text(
+                "INSERT INTO profiles (profile_id, member_id, member_nos, identifiers, enrolled_at,"
+                " tier, points_balance, qualifying_spend_cents, lifetime_spend_cents,"
+                " purchase_count, last_purchase_at, lapse_risk, email_opt_in, sms_consent,"
+                " admt_opt_out, push_opt_in, as_of, doc, version, updated_at)"
+                " VALUES (:pid, :member_id, :member_nos, :identifiers, :enrolled_at, :tier,"
+                " :points_balance, :q, :life, :n, :last, :lapse, :email, :sms, :admt, :push,"
+                " :as_of, CAST(:doc AS jsonb), :version, now())"
+                " ON CONFLICT (profile_id) DO UPDATE SET member_id = EXCLUDED.member_id,"
+                " member_nos = EXCLUDED.member_nos, identifiers = EXCLUDED.identifiers,"
+                " enrolled_at = EXCLUDED.enrolled_at, tier = EXCLUDED.tier,"
+                " points_balance = EXCLUDED.points_balance,"
+                " qualifying_spend_cents = EXCLUDED.qualifying_spend_cents,"
+                " lifetime_spend_cents = EXCLUDED.lifetime_spend_cents,"
+                " purchase_count = EXCLUDED.purchase_count,"
+                " last_purchase_at = EXCLUDED.last_purchase_at, lapse_risk = EXCLUDED.lapse_risk,"
+                " email_opt_in = EXCLUDED.email_opt_in, sms_consent = EXCLUDED.sms_consent,"
+                " admt_opt_out = EXCLUDED.admt_opt_out, push_opt_in = EXCLUDED.push_opt_in,"
+                " as_of = EXCLUDED.as_of, doc = EXCLUDED.doc, version = EXCLUDED.version,"
+                " updated_at = now()"
+            ),
+            params,
+        )
+        conn.execute(
+            text("DELETE FROM profile_identifiers WHERE profile_id = ANY(:ids)"),
+            {"ids": list(docs)},
+        )
+        idents = [
+            {"t": t, "h": identifier_hash(t, v), "pid": pid}
+            for pid, doc in docs.items()
+            for t, v in (i.split(":", 1) for i in doc["identifiers"])
+        ]
+        if idents:
+            conn.execute(
+                text(
+                    "INSERT INTO profile_identifiers (type, value_hash, profile_id)"
+                    " VALUES (:t, :h, :pid) ON CONFLICT DO NOTHING"
+                ),
+                idents,
+            )
+
+    @staticmethod
+    def delete_profiles(conn: Connection, profile_ids: Sequence[str]) -> None:
+        if profile_ids:
+            conn.execute(
+                text("DELETE FROM profiles WHERE profile_id = ANY(:ids)"),
+                {"ids": list(profile_ids)},
+            )
+
+    @staticmethod
+    def clock(conn: Connection) -> datetime | None:
+        """The manual clock: the latest tick every partition has applied (max over ticks)."""
+        return conn.execute(text("SELECT max(at) FROM clock")).scalar_one_or_none()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def set_clock(conn: Connection, partition: int, at: datetime) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO clock (partition, at) VALUES (:p, :at) ON CONFLICT (partition)"
+                " DO UPDATE SET at = GREATEST(clock.at, EXCLUDED.at)"
+            ),
+            {"p": partition, "at": at},
+        )
+
+    @staticmethod
+    def clock_acks(conn: Connection) -> dict[int, datetime]:
+        return {r[0]: r[1] for r in conn.execute(text("SELECT partition, at FROM clock"))}
+
+    # -- reads for the CLI and the API ------------------------------------------------
+
+    def profile_doc(self, type_: str, value: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT p.doc FROM profile_identifiers i JOIN profiles p USING (profile_id)"
+                    " WHERE i.type = :t AND i.value_hash = :h ORDER BY p.member_id NULLS LAST,"
+                    " p.profile_id LIMIT 1"
+                ),
+                {"t": type_, "h": identifier_hash(type_, value)},
+            ).first()
+        return None if row is None else dict(row[0])
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                text("SELECT doc FROM profiles ORDER BY profile_id")
+            )
+            for row in result:
+                yield dict(row[0])
