@@ -41,7 +41,8 @@ EVENT_TYPES = (
 
 def event_id(type_: str, effective_at: datetime, cause: str, discriminator: str = "") -> str:
     """Same inputs, same id: consumers drop redelivered or re-emitted events by it."""
-    raw = f"{type_}|{format_time(effective_at)}|{cause}|{discriminator}".encode()
+    # all domain times are UTC-aware, so isoformat() is one canonical spelling per instant
+    raw = f"{type_}|{effective_at.isoformat()}|{cause}|{discriminator}".encode()
     return blake2b(raw, digest_size=16).hexdigest()
 
 
@@ -55,7 +56,7 @@ class LoyaltyEvent:
     member_id: str | None
     effective_at: datetime
     cause_record_id: str
-    data: dict[str, Any] = field(compare=False)
+    data: dict[str, Any] = field(compare=False)  # datetimes are formatted by to_dict
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (times as RFC 3339 ``Z`` strings) for the adapters."""
@@ -66,5 +67,7 @@ class LoyaltyEvent:
             "member_id": self.member_id,
             "effective_at": format_time(self.effective_at),
             "cause_record_id": self.cause_record_id,
-            "data": self.data,
+            "data": {
+                k: format_time(v) if isinstance(v, datetime) else v for k, v in self.data.items()
+            },
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,10 +37,9 @@ from app.domain.records import (
     PurchaseCompleted,
     PurchaseRefunded,
     Record,
-    format_time,
     smallest_member_no,
 )
-from app.domain.tiers import campaign_multiplier, ceil_ratio, spend_tier
+from app.domain.tiers import campaign_index, spend_tier
 
 FAR = datetime.max.replace(tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
@@ -135,7 +135,7 @@ class Fold:
         self.lapse_risk = False
         self._last_purchase_record = ""
         self._next_due = FAR  # never later than the true next due time
-        self._mult_cache: dict[tuple[int, Fraction], tuple[Fraction, str]] = {}
+        self._mult_cache: dict[tuple[int, int], tuple[Fraction, str]] = {}
 
     # -- events -------------------------------------------------------------------------
 
@@ -157,6 +157,22 @@ class Fold:
                 data,
             )
         )
+
+    def clone(self) -> Fold:
+        """An independent copy of the derived state (events list not copied).
+
+        Lets a late record share the fold of the unchanged prefix between the "before"
+        and "after" folds instead of folding the prefix twice.
+        """
+        new = copy(self)
+        purchases = {id(p): copy(p) for p in self.purchases.values()}
+        new.purchases = {k: purchases[id(p)] for k, p in self.purchases.items()}
+        new.window = deque(purchases[id(p)] for p in self.window)
+        new.ledger = self.ledger.clone()
+        new.holds = dict(self.holds)
+        new.consent = dict(self.consent)
+        new.events = None if self.events is None else []
+        return new
 
     def take_events(self) -> list[LoyaltyEvent]:
         """Events produced since the last call (in fold order)."""
@@ -207,17 +223,17 @@ class Fold:
     # -- time-driven effects ------------------------------------------------------------
 
     def _compute_next_due(self) -> datetime:
-        cands: list[datetime] = [FAR]
-        if self.window:
-            cands.append(self.window[0].at + self.program.window)
-        if self.holds:
-            cands.append(min(u for u, _ in self.holds.values()))
+        best = self.window[0].at + self.program.window if self.window else FAR
+        for until, _ in self.holds.values():
+            if until < best:
+                best = until
         led = self.ledger.next_due()
-        if led is not None:
-            cands.append(led)
-        if self.lapse_due is not None and not self.lapse_risk:
-            cands.append(self.lapse_due)
-        return min(cands)
+        if led is not None and led < best:
+            best = led
+        lapse = self.lapse_due
+        if lapse is not None and lapse < best and not self.lapse_risk:
+            best = lapse
+        return best
 
     def _run_effects(self, to: datetime) -> None:
         while True:
@@ -238,7 +254,10 @@ class Fold:
                 self.qualifying -= p.amount - p.refunded
                 if cause is None:
                     cause, reason = p.record_id, "window_exit"
-        for level, (until, hold_cause) in sorted(self.holds.items()):
+        holds = self.holds
+        for level, (until, hold_cause) in sorted(holds.items()) if len(holds) > 1 else [
+            *holds.items()
+        ]:
             if until <= d:
                 del self.holds[level]
                 if cause is None:
@@ -248,12 +267,12 @@ class Fold:
         for lot, amount in self.ledger.expire(d):
             self._emit(
                 "points_expired", d, lot.cause, lot.purchase_id,
-                {"points": amount, "earned_at": format_time(lot.earned_at)},
+                {"points": amount, "earned_at": lot.earned_at},
             )
         for lot in self.ledger.due_notices(d):
             self._emit(
                 "points_expiring", d, lot.cause, lot.purchase_id,
-                {"points": lot.remaining, "expires_at": format_time(lot.expires_at)},
+                {"points": lot.remaining, "expires_at": lot.expires_at},
             )
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
             self.lapse_risk = True
@@ -263,7 +282,7 @@ class Fold:
                 "lapse_risk", d, self._last_purchase_record, "",
                 {
                     "purchases": n,
-                    "last_purchase_at": format_time(last),
+                    "last_purchase_at": last,
                     "mean_gap_seconds": (last - first) // _SECOND // (n - 1),
                 },
             )
@@ -296,10 +315,11 @@ class Fold:
     # -- records ------------------------------------------------------------------------
 
     def _multiplier(self, tier: int, at: datetime) -> tuple[Fraction, str]:
-        camp = campaign_multiplier(self.program, at) if self.program.campaigns else Fraction(1)
-        key = (tier, camp)
+        ci = campaign_index(self.program, at) if self.program.campaigns else -1
+        key = (tier, ci)
         hit = self._mult_cache.get(key)
         if hit is None:
+            camp = Fraction(1) if ci < 0 else self.program.campaigns[ci][2]
             m = self.program.earn_rate * self.program.tier_multipliers[tier] * camp
             hit = (m, _fraction_text(m))
             self._mult_cache[key] = hit
@@ -345,8 +365,7 @@ class Fold:
         nxt = self.tier + 1
         if nxt < len(prog.tier_thresholds):
             top = prog.tier_thresholds[nxt]
-            lo = ceil_ratio(top, prog.tier_approaching_ratio)
-            if q_before < lo <= q < top:
+            if q_before < prog.tier_approach_lo[nxt] <= q < top:
                 self._emit(
                     "tier_approaching", t, rid, prog.tier_names[nxt],
                     {"qualifying_spend_cents": q, "next_tier": prog.tier_names[nxt],

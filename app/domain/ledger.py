@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from copy import copy
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,6 +38,20 @@ class Ledger:
         self.by_purchase: dict[str, Lot] = {}
         self.total = 0  # sum of remaining over lots
         self.debt = 0
+
+    def clone(self) -> Ledger:
+        """An independent copy (lots are mutable and shared by three indexes)."""
+        new = Ledger()
+        copies = {id(lot): copy(lot) for lot in self.lots}
+        for lot in self.notices:
+            copies.setdefault(id(lot), copy(lot))
+        new.lots = deque(copies[id(lot)] for lot in self.lots)
+        new.notices = deque(copies[id(lot)] for lot in self.notices)
+        new.by_purchase = {
+            k: copies[id(lot)] for k, lot in self.by_purchase.items() if id(lot) in copies
+        }
+        new.total, new.debt = self.total, self.debt
+        return new
 
     @property
     def balance(self) -> int:

@@ -9,7 +9,6 @@ single earn that jumps past M yields ``milestone_reached`` and no ``approaching`
 from __future__ import annotations
 
 from app.domain.program import CompiledProgram
-from app.domain.tiers import ceil_ratio
 
 
 def crossings(
@@ -19,13 +18,11 @@ def crossings(
     out: list[tuple[str, int]] = []
     if after <= before:
         return out
-    for m in program.milestones:
+    for m, lo in program.milestone_bands:
         if before < m <= after:
             out.append(("milestone_reached", m))
-        else:
-            lo = ceil_ratio(m, program.milestone_ratio)
-            if before < lo <= after < m:
-                out.append(("milestone_approaching", m))
+        elif before < lo <= after < m:
+            out.append(("milestone_approaching", m))
     return out
 
 

@@ -165,11 +165,19 @@ class Program(_Strict):
             tier_thresholds=tuple(t.threshold_cents for t in self.tiers),
             tier_multipliers=tuple(Fraction(t.multiplier) for t in self.tiers),
             tier_approaching_ratio=Fraction(self.tier_approaching_ratio),
+            tier_approach_lo=tuple(
+                _ceil(t.threshold_cents * Fraction(self.tier_approaching_ratio))
+                for t in self.tiers
+            ),
             campaigns=tuple(
                 (c.start, c.end, Fraction(c.multiplier), c.name) for c in self.campaigns
             ),
             milestones=tuple(self.milestones.thresholds),
             milestone_ratio=Fraction(self.milestones.approaching_ratio),
+            milestone_bands=tuple(
+                (m, _ceil(m * Fraction(self.milestones.approaching_ratio)))
+                for m in self.milestones.thresholds
+            ),
             lot_life=timedelta(days=self.expiry.lot_days),
             notice_lead=timedelta(days=self.expiry.notice_lead_days),
             lapse_min_purchases=self.lapse.min_purchases,
@@ -191,9 +199,11 @@ class CompiledProgram:
     tier_thresholds: tuple[int, ...]
     tier_multipliers: tuple[Fraction, ...]
     tier_approaching_ratio: Fraction
+    tier_approach_lo: tuple[int, ...]  # ceil(threshold x ratio) per tier: approaching band
     campaigns: tuple[tuple[datetime, datetime, Fraction, str], ...]
     milestones: tuple[int, ...]
     milestone_ratio: Fraction
+    milestone_bands: tuple[tuple[int, int], ...]  # (M, ceil(M x ratio))
     lot_life: timedelta
     notice_lead: timedelta
     lapse_min_purchases: int
@@ -201,6 +211,10 @@ class CompiledProgram:
     lapse_floor: timedelta
     merging: frozenset[str]
     currencies: frozenset[str]
+
+
+def _ceil(x: Fraction) -> int:
+    return -((-x.numerator) // x.denominator)
 
 
 class ProgramError(Exception):

@@ -135,12 +135,18 @@ class MemberState:
         since = r.occurred_at
         old = self._fold
         until = old.as_of if old.as_of is not None and old.as_of > since else since
-        before = Fold(self.program, self.profile_id, old.member_id, emit_since=since)
-        before.run(self.records, old.as_of)
+        # fold the unchanged prefix once, quietly (its events were emitted already)
+        after = Fold(self.program, self.profile_id, old.member_id, collect=False)
+        after.run(self.records[:pos])
+        before = after.clone()
+        suffix = self.records[pos:]
+        for f in (before, after):
+            f.events, f.emit_since = [], since
+        before.run(suffix, old.as_of)
+        after.apply(r)
+        after.run(suffix, until)
         self.records.insert(pos, r)
         self._last_key = self.records[-1].sort_key()
-        after = Fold(self.program, self.profile_id, old.member_id, emit_since=since)
-        after.run(self.records, until)
         seen = {e.id for e in before.take_events()}
         out = [e for e in after.take_events() if e.id not in seen]
         after.emit_since = None

@@ -18,13 +18,20 @@ def spend_tier(program: CompiledProgram, qualifying_cents: int) -> int:
     return max(0, bisect_right(program.tier_thresholds, qualifying_cents) - 1)
 
 
+def campaign_index(program: CompiledProgram, at: datetime) -> int:
+    """Index of the campaign with the largest multiplier active at ``at`` (``[start, end)``;
+    ties: the first listed), or -1 when none is active."""
+    best = -1
+    for i, (start, end, mult, _name) in enumerate(program.campaigns):
+        if start <= at < end and (best < 0 or mult > program.campaigns[best][2]):
+            best = i
+    return best
+
+
 def campaign_multiplier(program: CompiledProgram, at: datetime) -> Fraction:
-    """Largest multiplier among campaigns active at ``at`` (``[start, end)``); none -> 1."""
-    best: Fraction | None = None
-    for start, end, mult, _name in program.campaigns:
-        if start <= at < end and (best is None or mult > best):
-            best = mult
-    return Fraction(1) if best is None else best
+    """Largest multiplier among campaigns active at ``at``; none -> 1."""
+    i = campaign_index(program, at)
+    return Fraction(1) if i < 0 else program.campaigns[i][2]
 
 
 def earn_points(program: CompiledProgram, amount_cents: int, tier: int, at: datetime) -> int:

@@ -187,3 +187,22 @@ def test_late_records_refold_exactly(h: History, rnd: object) -> None:
     assert state.snapshot() == ref.snapshot(state.records)
     final = [e.id for e in state.refold().take_events()]
     assert set(final) <= {e.id for e in emitted}
+
+
+@given(histories(max_people=1), st.data())
+def test_one_late_record_emits_exactly_the_difference(h: History, data: st.DataObject) -> None:
+    program = h.program.compile()
+    records = in_order(h)
+    if not records:
+        return
+    late = data.draw(st.sampled_from(records))
+    if isinstance(late, PurchaseCompleted):
+        return  # its refunds would be rejected without it
+    state = MemberState(program, "x")
+    first = state.add_many([r for r in records if r is not late])
+    first += state.advance_to(END)
+    old_ids = [e.id for e in state.refold().take_events()]
+    assert [e.id for e in first] == old_ids
+    second = state.add(late)
+    new_ids = [e.id for e in state.refold().take_events()]
+    assert [e.id for e in second] == [i for i in new_ids if i not in set(old_ids)]
