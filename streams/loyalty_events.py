@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -32,7 +33,8 @@ def to_cloudevent(ev: LoyaltyEvent) -> dict[str, Any]:
             "profile_id": ev.profile_id,
             "effective_at": format_time(ev.effective_at),
             "cause_record_id": ev.cause_record_id,
-            **ev.data,
+            # times in data in the contract's spelling (``...ffffffZ``), as in ``time``
+            **{k: format_time(v) if isinstance(v, datetime) else v for k, v in ev.data.items()},
         },
     }
 
