@@ -24,9 +24,11 @@ from app.mapping.engine import Mapper
 from app.settings import settings
 from app.stack.postgres import dsn_for
 from app.stack.state import StackPaths
+from streams.api import register_api
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
 from streams.identity import IdentityStage
+from streams.metrics import register_metrics
 from streams.outbox import Outbox
 from streams.producer import BatchProducer
 from streams.profiles import ProfileStage
@@ -61,6 +63,8 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     identity = IdentityStage(program, store, out, outbox, partitions)
     profiles = ProfileStage(program, store, out, outbox, partitions, clock=cfg.clock)
     register_stages(app, identity, profiles)
+    register_api(app, store)
+    register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 
     @app.page("/healthz")
     class Health(View):
