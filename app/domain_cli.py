@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from app.domain.program import program_errors
+from app.domain.program import ProgramError, program_errors, read_yaml
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,9 @@ KINDS: list[FileKind] = [
 def validate_file(path: Path) -> tuple[str | None, list[str]]:
     """(detected kind, errors). Reading/parsing problems are one ``(file): ...`` error."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [f"(file): cannot read: {exc.strerror or exc}"]
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return None, [f"(file): not valid YAML{where}"]
+        doc = read_yaml(path)
+    except ProgramError as exc:
+        return None, exc.errors
     for kind in KINDS:
         if kind.detect(doc):
             return kind.name, kind.validate(path, doc)

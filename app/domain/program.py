@@ -243,7 +243,8 @@ def program_errors(raw: Any) -> list[str]:
     return []
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; an unreadable or unparseable file is one ``(file): ...`` error."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -259,7 +260,7 @@ def _read_yaml(path: Path) -> Any:
 def validate_program_file(path: str | Path) -> list[str]:
     """All errors of a program file (empty list = valid). Never raises for bad input."""
     try:
-        raw = _read_yaml(Path(path))
+        raw = read_yaml(Path(path))
     except ProgramError as exc:
         return exc.errors
     return program_errors(raw)
@@ -267,7 +268,7 @@ def validate_program_file(path: str | Path) -> list[str]:
 
 def load_program(path: str | Path) -> Program:
     """Load and validate a program file; raises :class:`ProgramError` listing every error."""
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path))
     errors = program_errors(raw)
     if errors:
         raise ProgramError(str(path), errors)
