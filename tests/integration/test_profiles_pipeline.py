@@ -1,0 +1,445 @@
+"""Issue 5 end to end on the real embedded stack (PostgreSQL, Tansu, Debezium, Faust worker).
+
+A seeded multi-source history from the simulator is written into the three sources
+concurrently (one writer thread per source, so arrival order differs from event time); after
+``wait --caught-up`` and ``clock tick`` to the end of the history, every exported profile must
+equal, field by field, the domain core's fold of the same records computed offline here.
+
+The offline input is independent of the pipeline: the simulator's row changes are turned
+into Debezium change events here (after image, and the previous image as ``before``: the
+sources are ``REPLICA IDENTITY FULL``) and mapped by the pure mapping layer, then folded by
+``app.domain.profiles.Profiles`` in event-time order (``Record.sort_key``). Purchase lines are
+left out, as the identity stage leaves them out. As a cross-check, the canonical ids mapped
+offline must be exactly the ids the pipeline published on ``cdp.events``.
+
+The tests run in file order and build on each other (one stack, cumulative data):
+history -> SIGKILL of the worker mid-stream (second, overlapping batch: late records
+against the clock) -> replay -> duplicated change events -> loyalty events and snapshots
+validated against their JSON Schemas, with no duplicate event ids across all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from jsonschema import Draft202012Validator
+
+from app.domain.profiles import Profiles
+from app.domain.program import CompiledProgram, load_program
+from app.domain.records import InvalidRecord, PurchaseLine, Record, record_from_cloudevent
+from app.mapping.engine import Mapper
+from app.settings import REPO_ROOT, settings
+from app.simulate import RowOp, Traffic, generate, write_ops
+from app.stack import embedded
+from app.stack.pipeline import tick, wait_caught_up
+from app.stack.state import StackPaths
+from streams.store import Store
+from tests.integration.kafka_util import read_topic
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 1, 5, tzinfo=UTC)
+# (members, days, seed, start). The second batch overlaps the first in event time, so many
+# of its records arrive "late" with respect to the manual clock already ticked past them.
+BATCH_1 = (150, 60, 501, START)
+BATCH_2 = (80, 45, 502, START + timedelta(days=30))
+WAIT_S = 300.0
+
+
+# -- the stack and what has been loaded into it ----------------------------------------
+
+
+@dataclass
+class Run:
+    state_dir: Path
+    status: dict[str, Any]
+    program: CompiledProgram
+    mapper: Mapper
+    loaded: list[Traffic] = field(default_factory=list)
+    clock: datetime | None = None
+    _events: tuple[int, dict[str, dict[str, Any]]] = (0, {})  # cache: (batches, events)
+
+    @property
+    def broker(self) -> str:
+        return str(self.status["broker"])
+
+    @property
+    def store_dsn(self) -> str:
+        return str(self.status["store"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    state_dir = tmp_path_factory.mktemp("profiles-stack")
+    try:
+        st = embedded.up(state_dir, clock="manual")
+        yield Run(
+            state_dir=state_dir,
+            status=st,
+            program=load_program(settings().program_file).compile(),
+            mapper=Mapper.from_dir(settings().mappings_dir),
+        )
+    finally:
+        embedded.down(state_dir, drain_timeout=10)
+
+
+class Writers:
+    """One writer thread per source (so arrival order across sources is arbitrary)."""
+
+    def __init__(self, r: Run, traffic: Traffic) -> None:
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(
+                target=self._write,
+                args=(r.status["sources"][src], ops),
+                name=f"writer-{src}",
+                daemon=True,
+            )
+            for src, ops in traffic.by_source().items()
+        ]
+        for t in self.threads:
+            t.start()
+        r.loaded.append(traffic)
+
+    def _write(self, dsn: str, ops: list[RowOp]) -> None:
+        try:
+            write_ops(dsn, ops, batch_rows=50)
+        except BaseException as exc:  # reported by join()
+            self.errors.append(exc)
+
+    def busy(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=WAIT_S)
+            assert not t.is_alive(), f"{t.name} did not finish"
+        assert not self.errors, f"a source writer failed: {self.errors[0]!r}"
+
+
+def history_end(r: Run) -> datetime:
+    last = max(op.at for t in r.loaded for op in t.ops)
+    return last + timedelta(days=1)
+
+
+def settle(r: Run) -> None:
+    """wait --caught-up, then tick the manual clock to the end of everything loaded (+1 d)."""
+    wait_caught_up(r.state_dir, timeout=WAIT_S)
+    r.clock = history_end(r)
+    tick(r.state_dir, r.clock, timeout=WAIT_S)
+
+
+# -- the offline side: simulator rows -> Debezium change events -> mapping -> fold -------
+
+
+def _debezium_value(v: Any) -> Any:
+    """A column value as Debezium's JsonConverter writes it (decimal.handling.mode=string)."""
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(v, Decimal):
+        return str(v)
+    return v
+
+
+def offline_events(r: Run) -> dict[str, dict[str, Any]]:
+    """Canonical events (id -> CloudEvent) of everything loaded, mapped without the stack."""
+    if r._events[0] == len(r.loaded):
+        return r._events[1]
+    out: dict[str, dict[str, Any]] = {}
+    for traffic in r.loaded:
+        images: dict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = {}
+        for op in traffic.ops:
+            after = {k: _debezium_value(v) for k, v in op.row.items()}
+            ident = (op.source, op.table, op.key)
+            before = images.get(ident) if op.action == "update" else None
+            images[ident] = after
+            ts_ms = int(op.at.timestamp() * 1000)
+            doc = {
+                "before": before,
+                "after": after,
+                "source": {
+                    "connector": "postgresql",
+                    "ts_ms": ts_ms,
+                    "schema": "public",
+                    "table": op.table,
+                    "db": op.source,
+                },
+                "op": "u" if op.action == "update" else "c",
+                "ts_ms": ts_ms,
+            }
+            topic = f"{op.source}.public.{op.table}"
+            for ev in r.mapper.map(topic, orjson.dumps(doc)):
+                out[ev.id] = ev.event
+    r._events = (len(r.loaded), out)
+    return out
+
+
+def offline_records(r: Run) -> list[Record]:
+    records = {
+        eid: record_from_cloudevent(ev, currencies=r.program.currencies)
+        for eid, ev in offline_events(r).items()
+    }
+    return sorted(
+        (rec for rec in records.values() if not isinstance(rec, PurchaseLine)),
+        key=lambda rec: rec.sort_key(),
+    )
+
+
+def offline_profiles(r: Run) -> dict[str, dict[str, Any]]:
+    """profile id -> export document: the domain core's fold of every loaded record."""
+    assert r.clock is not None
+    core = Profiles(r.program)
+    for rec in offline_records(r):
+        # a record the domain refuses is refused by the pipeline too (rejected_records)
+        with contextlib.suppress(InvalidRecord):
+            core.ingest(rec)
+    core.advance_to(r.clock)
+    return {pid: core.states[pid].snapshot() for pid in sorted(core.states)}
+
+
+# -- the pipeline side ------------------------------------------------------------------
+
+
+def pipeline_profiles(r: Run) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(profile id -> document from the store, the ``profiles export`` documents)."""
+    with psycopg.connect(r.store_dsn) as conn:
+        rows = conn.execute("SELECT profile_id, doc FROM profiles ORDER BY profile_id").fetchall()
+    store = Store(r.store_dsn)
+    try:
+        exported = list(store.export())
+    finally:
+        store.dispose()
+    return {pid: dict(doc) for pid, doc in rows}, exported
+
+
+def _canon(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True)
+
+
+def assert_profiles_match(r: Run, label: str) -> None:
+    want = offline_profiles(r)
+    got, exported = pipeline_profiles(r)
+    problems: list[str] = []
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing:
+        problems.append(f"{len(missing)} profiles missing from the store, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected profiles in the store, e.g. {extra[:5]}")
+    differing = [pid for pid in sorted(set(want) & set(got)) if want[pid] != got[pid]]
+    for pid in differing[:10]:
+        fields = sorted(
+            k for k in want[pid].keys() | got[pid].keys() if want[pid].get(k) != got[pid].get(k)
+        )
+        problems.append(
+            f"{pid}: fields {fields} differ\n"
+            + "\n".join(
+                difflib.unified_diff(
+                    json.dumps(want[pid], indent=1, sort_keys=True).splitlines(),
+                    json.dumps(got[pid], indent=1, sort_keys=True).splitlines(),
+                    "offline fold",
+                    "pipeline",
+                    lineterm="",
+                    n=1,
+                )
+            )
+        )
+    if len(differing) > 10:
+        problems.append(f"... and {len(differing) - 10} more differing profiles")
+    assert not problems, f"[{label}] {len(want)} expected profiles:\n" + "\n".join(problems)
+    # the CLI's export (profile ids are not part of the document): same multiset of documents
+    assert sorted(map(_canon, exported)) == sorted(map(_canon, want.values())), label
+    assert len(want) > 50, "the history should produce a realistic number of profiles"
+
+
+def canonical_ids_on_topic(r: Run, expect: set[str]) -> list[str]:
+    msgs = read_topic(
+        r.broker,
+        "cdp.events",
+        until=lambda ms: len({orjson.loads(m.value())["id"] for m in ms}) >= len(expect),
+        timeout=120,
+    )
+    return [orjson.loads(m.value())["id"] for m in msgs]
+
+
+def high_watermarks(bootstrap: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in md.topics[topic].partitions
+        )
+    finally:
+        c.close()
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+def test_history_loaded_concurrently_equals_the_offline_fold(run: Run) -> None:
+    t0 = time.monotonic()
+    Writers(run, generate(*BATCH_1)).join()
+    settle(run)
+    print(f"batch 1 loaded and settled in {time.monotonic() - t0:.1f}s")
+    # the offline mapping is the pipeline's: the same canonical ids, each published once
+    expect = set(offline_events(run))
+    ids = canonical_ids_on_topic(run, expect)
+    assert set(ids) == expect, (
+        f"{len(expect - set(ids))} offline ids not on cdp.events,"
+        f" {len(set(ids) - expect)} unexpected ids on it"
+    )
+    assert len(ids) == len(set(ids)), "a canonical event was published twice"
+    assert_profiles_match(run, "history")
+
+
+def test_sigkill_of_the_worker_mid_stream_loses_and_duplicates_nothing(run: Run) -> None:
+    paths = StackPaths(run.state_dir)
+    worker = paths.process("worker")
+    base = high_watermarks(run.broker, "cdp.resolved")
+    writers = Writers(run, generate(*BATCH_2))
+    # kill once the worker is visibly busy with the new batch (notifications flowing)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and high_watermarks(run.broker, "cdp.resolved") < base + 50:
+        time.sleep(0.1)
+    assert high_watermarks(run.broker, "cdp.resolved") >= base + 50, "the worker never started"
+    busy = writers.busy()
+    worker.kill()
+    deadline = time.monotonic() + 20
+    while worker.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not worker.is_running(), "the worker survived SIGKILL"
+    print(f"worker SIGKILLed (writers still running: {busy})")
+    writers.join()
+    embedded.up(run.state_dir)  # restarts just the worker
+    settle(run)
+    assert_profiles_match(run, "after SIGKILL")
+
+
+def test_replay_of_the_change_topics_changes_nothing(run: Run) -> None:
+    rewound = embedded.replay(run.state_dir)
+    assert rewound > 0
+    settle(run)
+    assert_profiles_match(run, "after replay")
+
+
+def test_duplicated_change_events_change_nothing(run: Run) -> None:
+    p = Producer({"bootstrap.servers": run.broker, "linger.ms": 5})
+    n = 0
+    for topic in (
+        "pos.public.transactions",
+        "web.public.orders",
+        "pos.public.returns",
+        "app.public.users",
+    ):
+        msgs = read_topic(run.broker, topic, until=lambda ms: len(ms) > 0, timeout=30)
+        assert msgs, f"nothing on {topic}"
+        for m in msgs[::3]:  # every third change event again, same key, value and partition
+            p.produce(
+                topic, value=m.value(), key=m.key(), partition=m.partition(), headers=m.headers()
+            )
+            n += 1
+    assert p.flush(30) == 0
+    print(f"re-produced {n} change events")
+    settle(run)
+    assert_profiles_match(run, "after duplicated change events")
+    expect = set(offline_events(run))
+    assert set(canonical_ids_on_topic(run, expect)) == expect, "duplicates minted new ids"
+
+
+# -- loyalty events and profile snapshots on the topics ----------------------------------
+
+
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _errors(v: Draft202012Validator, doc: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in v.iter_errors(doc)
+    ]
+
+
+def test_loyalty_events_are_unique_and_valid(run: Run) -> None:
+    with psycopg.connect(run.store_dsn) as conn:
+        outbox = {row[0] for row in conn.execute("SELECT event_id FROM loyalty_outbox")}
+    assert outbox, "no loyalty events at all"
+    msgs = read_topic(
+        run.broker,
+        "loyalty.events",
+        until=lambda ms: len(ms) >= len(outbox),
+        timeout=120,
+        settle=3.0,
+    )
+    events = [orjson.loads(m.value()) for m in msgs]
+    ids = Counter(e["id"] for e in events)
+    dups = {i: c for i, c in ids.items() if c > 1}
+    assert not dups, f"{len(dups)} loyalty event ids published more than once, e.g. " + repr(
+        [e for e in events if e["id"] in dups][:2]
+    )
+    assert set(ids) == outbox, "the topic and the outbox disagree"
+    v = _validator("loyalty.events.schema.json")
+    bad = [(e["type"], _errors(v, e)) for e in events if not v.is_valid(e)]
+    assert not bad, f"{len(bad)} invalid loyalty events, e.g. {bad[:3]}"
+    for m, e in zip(msgs, events, strict=True):
+        assert (
+            m.key().decode() == e["subject"] == (e["data"]["member_id"] or e["data"]["profile_id"])
+        )
+        assert e["time"] == e["data"]["effective_at"]
+    types = Counter(e["type"] for e in events)
+    print("loyalty events by type:", dict(sorted(types.items())))
+    # the history is rich enough to exercise the common moments
+    for t in (
+        "member_enrolled",
+        "points_earned",
+        "points_reversed",
+        "points_redeemed",
+        "tier_upgraded",
+        "profiles_merged",
+        "consent_changed",
+    ):
+        assert types[f"loyalty.{t}"] > 0, f"no loyalty.{t} event"
+
+
+def test_profile_snapshots_are_valid(run: Run) -> None:
+    msgs = read_topic(
+        run.broker, "cdp.profiles", until=lambda ms: len(ms) > 0, timeout=60, settle=2.0
+    )
+    v = _validator("cdp.profiles.schema.json")
+    values = [orjson.loads(m.value()) for m in msgs if m.value() is not None]
+    assert values
+    bad = [(d.get("profile_id"), _errors(v, d)) for d in values if not v.is_valid(d)]
+    assert not bad, f"{len(bad)} invalid profile snapshots, e.g. {bad[:3]}"
+    for m in msgs:
+        if m.value() is not None:
+            assert m.key().decode() == orjson.loads(m.value())["profile_id"]
+    # the latest snapshot per key is the profile in the store (tombstones: not in it)
+    latest: dict[str, dict[str, Any] | None] = {}
+    for m in msgs:
+        latest[m.key().decode()] = None if m.value() is None else orjson.loads(m.value())
+    got, _ = pipeline_profiles(run)
+    live = {
+        k: {f: x for f, x in d.items() if f != "profile_id"}
+        for k, d in latest.items()
+        if d is not None
+    }
+    assert set(live) == set(got)
+    stale = [k for k in got if live[k] != got[k]]
+    assert not stale, f"{len(stale)} profiles whose latest snapshot is not the stored one"
