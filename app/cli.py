@@ -332,6 +332,12 @@ def _register_optional() -> None:
         pass
     else:
         register_bench(app)  # joins a `bench` group another module mounted, else creates it
+    try:
+        from app.demo import register as register_demo
+    except ImportError:
+        pass
+    else:
+        register_demo(app)
 
 
 _register_optional()
