@@ -124,27 +124,22 @@ class Observer:
                 "socket.timeout.ms": 5000,
             }
         )
-        md = self.tail.list_topics(timeout=10)
-        self.parts = {t: sorted(md.topics[t].partitions) for t in (CANONICAL, LOYALTY, DLQ)}
-        self.tail.assign([TopicPartition(LOYALTY, p, OFFSET_END) for p in self.parts[LOYALTY]])
+        self.counted = self.lag.partitions((CANONICAL, LOYALTY, DLQ))
+        self.tail.assign(
+            [TopicPartition(t, p, OFFSET_END) for t, p in _pairs(self.counted) if t == LOYALTY]
+        )
         self.latest: deque[dict[str, Any]] = deque(maxlen=LATEST)
         self.history: deque[Snapshot] = deque()
         self.first: Snapshot | None = None
 
-    def _high(self, topic: str) -> int:
-        return sum(
-            self.tail.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)[1]
-            for p in self.parts[topic]
-        )
-
     def poll(self) -> Snapshot:
         snap = Snapshot(time.monotonic())
         try:
-            snap.canonical, snap.loyalty, snap.dlq = (
-                self._high(CANONICAL),
-                self._high(LOYALTY),
-                self._high(DLQ),
-            )
+            high = self.lag.high_watermarks(self.counted)
+            sums = {t: 0 for t in (CANONICAL, LOYALTY, DLQ)}
+            for (t, _), n in high.items():
+                sums[t] += n
+            snap.canonical, snap.loyalty, snap.dlq = sums[CANONICAL], sums[LOYALTY], sums[DLQ]
             snap.lag = self.lag.measure()
             for m in self.tail.consume(500, timeout=0):
                 if m.error() is None:
@@ -176,6 +171,10 @@ class Observer:
         for c in (self.tail, self.lag, self.store):
             with contextlib.suppress(KafkaException, RuntimeError, psycopg.Error):
                 c.close()
+
+
+def _pairs(tps: list[TopicPartition]) -> list[tuple[str, int]]:
+    return [(tp.topic, tp.partition) for tp in tps]
 
 
 def _brief(value: bytes) -> dict[str, Any]:
@@ -358,7 +357,7 @@ def demo_cmd(
         rate=rate,
         duration=duration,
         keep_running=keep_running,
-        console=Console(),
+        console=Console(soft_wrap=True),
     )
     if code:
         raise typer.Exit(code)

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -49,48 +50,55 @@ _TYPE_MARK = b'"type":"loyalty.'
 class StageLag:
     """Messages on each stage's input topics the worker group has not committed yet.
 
-    Holds one confluent-kafka consumer (never subscribed: it only reads committed offsets
-    and watermarks), so polling it every few seconds costs a few round trips, no rejoin.
+    Two batched admin requests per measurement (the group's committed offsets, the high
+    watermarks of every input partition), not a round trip per partition: the change topics
+    alone have dozens of partitions.
     """
 
     def __init__(self, bootstrap: str, stages: list[tuple[str, list[str]]], group: str = GROUP):
         self.stages = stages
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-                "socket.timeout.ms": 5000,
-            }
-        )
-        self._tps: dict[str, list[TopicPartition]] = {}
+        self.group = group
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+        self._tps: list[TopicPartition] = []
 
-    def _partitions(self, topics: list[str]) -> list[TopicPartition]:
-        key = ",".join(topics)
-        if not self._tps.get(key):
-            md = self.consumer.list_topics(timeout=5)
-            self._tps[key] = [
-                TopicPartition(t, p)
-                for t in topics
-                if t in md.topics
-                for p in md.topics[t].partitions
-            ]
-        return self._tps[key]
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        md = self.admin.list_topics(timeout=5)
+        return [
+            TopicPartition(t, p)
+            for t in topics
+            if t in md.topics
+            for p in sorted(md.topics[t].partitions)
+        ]
+
+    def high_watermarks(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        futures = self.admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in tps}, request_timeout=5
+        )
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
     def measure(self) -> dict[str, int]:
         """Stage -> messages behind; raises KafkaException when the broker is unreachable."""
-        out: dict[str, int] = {}
-        for stage, topics in self.stages:
-            tps = self._partitions(topics)
-            behind = 0
-            for tp in self.consumer.committed(tps, timeout=5) if tps else []:
-                high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-                behind += max(0, high - max(tp.offset, 0))
-            out[stage] = behind
-        return out
+        if not self._tps:
+            self._tps = self.partitions(t for _, ts in self.stages for t in ts)
+        if not self._tps:
+            return {}
+        high = self.high_watermarks(self._tps)
+        request = [ConsumerGroupTopicPartitions(self.group, self._tps)]
+        result = self.admin.list_consumer_group_offsets(request, request_timeout=5)
+        committed = {
+            (tp.topic, tp.partition): max(tp.offset, 0)
+            for tp in result[self.group].result().topic_partitions
+        }
+        behind = {(t, p): max(0, h - committed.get((t, p), 0)) for (t, p), h in high.items()}
+        return {
+            stage: sum(n for (t, _), n in behind.items() if t in topics)
+            for stage, topics in self.stages
+        }
 
     def close(self) -> None:
-        self.consumer.close()
+        pass  # the admin client has no close; its threads go with the object
 
 
 class WorkerMetrics(Collector):
