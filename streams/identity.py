@@ -20,6 +20,7 @@ what changed from the store, so notifications can be duplicated or reordered fre
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,8 @@ class IdentityStage:
         self.partitions = partitions
         self.graph = IdentityGraph(program)
         self.seq = 0
-        self.counts = {"in": 0, "records": 0, "parked": 0, "dlq": 0, "merges": 0}
+        self._parked_known: list[tuple[Record, bytes]] | None = None
+        self.counts = {"in": 0, "batches": 0, "records": 0, "parked": 0, "dlq": 0, "merges": 0, "busy_ms": 0}
 
     # -- parsing ------------------------------------------------------------------------
 
@@ -104,6 +106,13 @@ class IdentityStage:
 
     def process(self, messages: Sequence[Any]) -> None:
         """Resolve one batch of ``cdp.events`` messages (blocking; run in an executor)."""
+        started = time.perf_counter()
+        try:
+            self._process(messages)
+        finally:
+            self.counts["busy_ms"] += int((time.perf_counter() - started) * 1000)
+
+    def _process(self, messages: Sequence[Any]) -> None:
         parsed: list[tuple[Record, bytes]] = []
         for m in messages:
             if not m.value:
@@ -117,6 +126,7 @@ class IdentityStage:
                 continue  # lines stay on cdp.events for consumers; no profile field uses them
             parsed.append((r, m.value))
         self.counts["in"] += len(messages)
+        self.counts["batches"] += 1
         b = _Batch()
         with self.store.tx() as conn:
             self.store.identity_lock(conn)
@@ -130,6 +140,8 @@ class IdentityStage:
                 self.store.reassign(conn, old, new)
             self.store.park(conn, [(rid, p, pl) for rid, (p, pl) in b.parked.items()])
             self.store.unpark(conn, b.unparked)
+            if b.parked or b.unparked:
+                self._parked_known = None
             self.seq = max(self.seq, top)
             parts = {e.profile_id: partition_of(e.profile_id, self.partitions) for e in b.events}
             new_events = self.outbox.add(conn, b.events, parts)
@@ -147,12 +159,18 @@ class IdentityStage:
 
     def _catch_up(self, conn: Any) -> None:
         """Replay records other workers committed since this worker last held the lock."""
-        for seq, payload in self.store.records_after(conn, self.seq):
+        replayed = self.store.records_after(conn, self.seq)
+        for seq, payload in replayed:
             self.graph.add(self.parse(payload))
             self.seq = seq
+        if replayed or self.seq == 0:
+            self._parked_known = None  # another worker may have parked or placed records
 
     def _load_parked(self, conn: Any) -> list[tuple[Record, bytes]]:
-        return [(self.parse(p), p) for p in self.store.parked(conn)]
+        """Parked records (cached: only this worker changes them between catch-ups)."""
+        if self._parked_known is None:
+            self._parked_known = [(self.parse(p), p) for p in self.store.parked(conn)]
+        return self._parked_known
 
     def _place(self, r: Record, payload: bytes, b: _Batch) -> None:
         try:

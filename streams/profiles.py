@@ -21,6 +21,7 @@ messages, which every partition applies in order with its notifications.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,7 @@ class ProfileStage:
         self.versions: dict[str, int] = {}
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
         self.owned: set[int] = set()
-        self.counts = {"notes": 0, "profiles_written": 0, "events": 0, "rejected": 0}
+        self.counts = {"notes": 0, "batches": 0, "profiles_written": 0, "events": 0, "rejected": 0, "busy_ms": 0}
 
     def _part(self, pid: str) -> int:
         return partition_of(pid, self.partitions)
@@ -97,6 +98,13 @@ class ProfileStage:
     # -- entry points (blocking; the worker runs them on one executor thread) -----------
 
     def process(self, notes: Sequence[tuple[int, bytes]]) -> None:
+        started = time.perf_counter()
+        try:
+            self._process(notes)
+        finally:
+            self.counts["busy_ms"] += int((time.perf_counter() - started) * 1000)
+
+    def _process(self, notes: Sequence[tuple[int, bytes]]) -> None:
         touched: dict[str, bool] = {}
         ticks: dict[int, datetime] = {}
         for partition, value in notes:
@@ -107,6 +115,7 @@ class ProfileStage:
             else:
                 touched[msg["p"]] = touched.get(msg["p"], False) or bool(msg.get("refold"))
         self.counts["notes"] += len(notes)
+        self.counts["batches"] += 1
         parts = sorted({self._part(p) for p in touched} | set(ticks))
         self._run(parts, touched, ticks, advance_all=bool(ticks))
 

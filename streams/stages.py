@@ -21,8 +21,8 @@ from streams.topics import CANONICAL, RESOLVED
 
 log = logging.getLogger("loyalty_cdp.stages")
 
-BATCH = 2000
-WITHIN_S = 0.02
+BATCH = 5000
+WITHIN_S = 0.05
 
 
 def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
