@@ -202,6 +202,8 @@ class Fold:
         """Apply one record; the caller guarantees fold order."""
         t = r.occurred_at
         self.advance(t)
+        if r.identifiers:  # before the record's own events, so they carry the member id
+            self.member_id = smallest_member_no(r.identifiers, self.member_id)
         if isinstance(r, PurchaseCompleted):
             self._purchase(r, t)
         elif isinstance(r, PurchaseRefunded):
@@ -217,8 +219,6 @@ class Fold:
             if changed:
                 self.consent.update(changed)
                 self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
-        if r.identifiers:
-            self.member_id = smallest_member_no(r.identifiers, self.member_id)
 
     # -- time-driven effects ------------------------------------------------------------
 
