@@ -44,7 +44,7 @@ from app.domain.program import CompiledProgram, load_program
 from app.domain.records import InvalidRecord, PurchaseLine, Record, record_from_cloudevent
 from app.mapping.engine import Mapper
 from app.settings import REPO_ROOT, settings
-from app.simulate import RowOp, Traffic, generate, write_ops
+from app.simulate import TABLES, RowOp, Traffic, generate, write_ops
 from app.stack import embedded
 from app.stack.pipeline import tick, wait_caught_up
 from app.stack.state import StackPaths
@@ -59,6 +59,11 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 BATCH_1 = (150, 60, 501, START)
 BATCH_2 = (80, 45, 502, START + timedelta(days=30))
 WAIT_S = 300.0
+PIPELINE_TOPICS = [
+    *(f"{src}.public.{t}" for src, t in TABLES),
+    "cdp.events",
+    "cdp.resolved",
+]
 
 
 # -- the stack and what has been loaded into it ----------------------------------------
@@ -101,12 +106,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 class Writers:
     """One writer thread per source (so arrival order across sources is arbitrary)."""
 
-    def __init__(self, r: Run, traffic: Traffic) -> None:
+    def __init__(self, r: Run, traffic: Traffic, rate: float | None = None) -> None:
         self.errors: list[BaseException] = []
         self.threads = [
             threading.Thread(
                 target=self._write,
-                args=(r.status["sources"][src], ops),
+                args=(r.status["sources"][src], ops, rate),
                 name=f"writer-{src}",
                 daemon=True,
             )
@@ -116,9 +121,9 @@ class Writers:
             t.start()
         r.loaded.append(traffic)
 
-    def _write(self, dsn: str, ops: list[RowOp]) -> None:
+    def _write(self, dsn: str, ops: list[RowOp], rate: float | None) -> None:
         try:
-            write_ops(dsn, ops, batch_rows=50)
+            write_ops(dsn, ops, rate=rate, batch_rows=None if rate else 50)
         except BaseException as exc:  # reported by join()
             self.errors.append(exc)
 
@@ -326,19 +331,22 @@ def test_sigkill_of_the_worker_mid_stream_loses_and_duplicates_nothing(run: Run)
     paths = StackPaths(run.state_dir)
     worker = paths.process("worker")
     base = high_watermarks(run.broker, "cdp.resolved")
-    writers = Writers(run, generate(*BATCH_2))
+    # throttled (~3 s per source) so the kill lands while changes are still flowing in
+    writers = Writers(run, generate(*BATCH_2), rate=300)
     # kill once the worker is visibly busy with the new batch (notifications flowing)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and high_watermarks(run.broker, "cdp.resolved") < base + 50:
-        time.sleep(0.1)
+        time.sleep(0.05)
     assert high_watermarks(run.broker, "cdp.resolved") >= base + 50, "the worker never started"
+    lag = embedded.consumer_lag(run.broker, embedded.WORKER_GROUP, PIPELINE_TOPICS)
     busy = writers.busy()
     worker.kill()
     deadline = time.monotonic() + 20
     while worker.is_running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not worker.is_running(), "the worker survived SIGKILL"
-    print(f"worker SIGKILLed (writers still running: {busy})")
+    print(f"worker SIGKILLed (writers still running: {busy}, worker lag: {lag})")
+    assert busy or sum((lag or {}).values()) > 0, "the kill did not land mid-stream"
     writers.join()
     embedded.up(run.state_dir)  # restarts just the worker
     settle(run)
@@ -346,14 +354,22 @@ def test_sigkill_of_the_worker_mid_stream_loses_and_duplicates_nothing(run: Run)
     assert_profiles_match(run, "after SIGKILL")
 
 
+def outbox_ids(r: Run) -> set[str]:
+    with psycopg.connect(r.store_dsn) as conn:
+        return {row[0] for row in conn.execute("SELECT event_id FROM loyalty_outbox")}
+
+
 def test_replay_of_the_change_topics_changes_nothing(run: Run) -> None:
+    before = outbox_ids(run)
     rewound = embedded.replay(run.state_dir)
     assert rewound > 0
     settle(run)
     assert_profiles_match(run, "after replay")
+    assert outbox_ids(run) == before, "the replay emitted new loyalty events"
 
 
 def test_duplicated_change_events_change_nothing(run: Run) -> None:
+    before = outbox_ids(run)
     p = Producer({"bootstrap.servers": run.broker, "linger.ms": 5})
     n = 0
     for topic in (
@@ -374,6 +390,7 @@ def test_duplicated_change_events_change_nothing(run: Run) -> None:
     settle(run)
     assert_profiles_match(run, "after duplicated change events")
     assert_canonical_exact(run, once=False)  # the duplicates minted no new ids
+    assert outbox_ids(run) == before, "duplicated change events emitted new loyalty events"
 
 
 # -- loyalty events and profile snapshots on the topics ----------------------------------
@@ -393,8 +410,7 @@ def _errors(v: Draft202012Validator, doc: Any) -> list[str]:
 
 
 def test_loyalty_events_are_unique_and_valid(run: Run) -> None:
-    with psycopg.connect(run.store_dsn) as conn:
-        outbox = {row[0] for row in conn.execute("SELECT event_id FROM loyalty_outbox")}
+    outbox = outbox_ids(run)
     assert outbox, "no loyalty events at all"
     msgs = read_topic(
         run.broker,
