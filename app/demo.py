@@ -187,6 +187,8 @@ def _brief(value: bytes) -> dict[str, Any]:
         key = f"milestone {data['milestone']}"
     elif "points" in data:
         key = f"{data['points']} pts"
+    elif isinstance(data.get("changed"), list | dict):
+        key = ", ".join(sorted(data["changed"]))  # consent names, never their holders
     elif "next_tier" in data:
         key = f"next {data['next_tier']}"
     else:
@@ -201,24 +203,26 @@ def _brief(value: bytes) -> dict[str, Any]:
 
 def _render(obs: Observer, snap: Snapshot, traffic: Traffic, elapsed: float) -> Group:
     canon_s, loyal_s = obs.rates()
-    head = Table.grid(padding=(0, 3))
-    for _ in range(4):
-        head.add_column()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold cyan")
+    head.add_column()
+    dot = " [dim]·[/dim] "
+    head.add_row("running", f"{elapsed:.0f}s{dot}source rows written [b]{traffic.rows}[/b]")
     head.add_row(
-        f"[b]running[/b] {elapsed:5.0f}s",
-        f"source rows [b]{traffic.rows}[/b]",
-        f"canonical [b]{canon_s:7.1f}[/b]/s ({snap.canonical})",
-        f"loyalty [b]{loyal_s:7.1f}[/b]/s ({snap.loyalty})",
+        "events/s",
+        f"canonical [b]{canon_s:.1f}[/b] ({snap.canonical}){dot}"
+        f"loyalty [b]{loyal_s:.1f}[/b] ({snap.loyalty})",
     )
+    head.add_row("lag", dot.join(f"{k} [b]{v}[/b]" for k, v in snap.lag.items()))
     head.add_row(
-        "lag " + "  ".join(f"{k} [b]{v}[/b]" for k, v in snap.lag.items()),
-        f"DLQ [b]{snap.dlq}[/b]",
-        "members " + "  ".join(f"{t} [b]{snap.tiers.get(t, 0)}[/b]" for t in TIERS),
-        f"guests [b]{snap.guests}[/b]",
+        "profiles",
+        dot.join(f"{t} [b]{snap.tiers.get(t, 0)}[/b]" for t in TIERS)
+        + f"{dot}guests [b]{snap.guests}[/b]",
     )
+    head.add_row("DLQ", f"[b]{snap.dlq}[/b]")
     events = Table(title="latest loyalty events", expand=True)
     for col in ("type", "member", "effective (UTC)", "key"):
-        events.add_column(col)
+        events.add_column(col, no_wrap=True)
     for e in reversed(obs.latest):
         events.add_row(e["type"], e["member"], e["at"], e["key"])
     return Group(head, events)
