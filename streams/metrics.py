@@ -184,6 +184,15 @@ class WorkerMetrics(Collector):
         dlq.add_metric(["identity"], i["dlq"])
         dlq.add_metric(["profiles"], p["rejected"])
         yield dlq
+        busy = CounterMetricFamily(
+            "loyalty_cdp_stage_busy_seconds",
+            "Time the stage spent processing batches (its own counter, where it keeps one).",
+            labels=["stage"],
+        )
+        for stage, counts in (("identity", i), ("profiles", p)):
+            if "busy_ms" in counts:
+                busy.add_metric([stage], counts["busy_ms"] / 1000)
+        yield busy
         merges = CounterMetricFamily("loyalty_cdp_identity_merges", "Profile merges.")
         merges.add_metric([], i["merges"])
         yield merges
