@@ -101,7 +101,7 @@ def bench_domain(
     from app.domain.bench import format_figures, run_domain_bench
 
     figures = run_domain_bench(
-        records=records, timer=time.perf_counter, memory_members=members, late_repeats=repeats
+        records=records, timer=time.process_time, memory_members=members, late_repeats=repeats
     )
     typer.echo(json.dumps(figures, indent=2) if as_json else format_figures(figures))
 

@@ -80,4 +80,4 @@ def test_bench_domain_runs_small() -> None:
     args = ["bench", "domain", "--records", "1000", "--members", "5", "--repeats", "1", "--json"]
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
-    assert '"in_order_records_per_s"' in result.output
+    assert '"in_order_records_per_cpu_s"' in result.output
