@@ -26,7 +26,9 @@ def bench_group(main_app: typer.Typer) -> typer.Typer:
 
 
 def register(main_app: typer.Typer) -> None:
-    bench_group(main_app).command("cdc")(bench_cdc)
+    group = bench_group(main_app)
+    group.command("cdc")(bench_cdc)
+    group.command("pipeline")(bench_pipeline)
 
 
 def bench_cdc(
@@ -81,3 +83,32 @@ def bench_cdc(
             progress=progress,
         )
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_table(result))
+
+
+def bench_pipeline(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with all figures."),
+    members: int = typer.Option(2_000, "--members", min=1, help="Members of the throughput phase."),
+    events: int = typer.Option(20_000, "--events", min=1, help="Canonical events to push through."),
+    rate: int = typer.Option(1_000, "--rate", min=1, help="Source rows/s of the latency phase."),
+    duration: float = typer.Option(10.0, "--duration", min=1.0, help="Seconds of the latency phase."),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir, removed after)."
+    ),
+) -> None:
+    """Measure the stream topology: events/s vs a bare confluent-kafka loop, latency, memory.
+
+    Starts its own embedded stack (manual clock) and tears it down at the end.
+    """
+    from app.bench.pipeline import run_pipeline_bench
+
+    console = Console(stderr=True)
+    result = run_pipeline_bench(
+        state_dir, members=members, events=events, rate=rate, duration=duration,
+        say=lambda m: console.print(f"[dim]{m}[/dim]"),
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    for k, v in result.to_dict().items():
+        if k != "machine":
+            typer.echo(f"{k:24} {v}")

@@ -83,6 +83,33 @@ def _marks(consumer: Consumer, topics: list[str]) -> dict[TopicPartition, int]:
     return marks
 
 
+def wait_stages(
+    broker: str, stages: list[tuple[str, list[str]]], deadline: float, say: Say = _quiet
+) -> dict[str, float]:
+    """For each stage in order: wait until the group's committed offsets reach the high
+    watermarks of the stage's input topics, taken when the stage's turn comes."""
+    phases: dict[str, float] = {}
+    consumer = Consumer(
+        {"bootstrap.servers": broker, "group.id": GROUP, "enable.auto.commit": False}
+    )
+    try:
+        for stage, topics in stages:
+            t1 = time.monotonic()
+            marks = _marks(consumer, topics)
+            while True:
+                behind = _lag(consumer, topics, marks)
+                if behind == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(f"not caught up: stage {stage} is {behind} messages behind")
+                time.sleep(0.05)
+            phases[stage] = time.monotonic() - t1
+            say(f"{stage}: caught up")
+    finally:
+        consumer.close()
+    return phases
+
+
 def wait_caught_up(state_dir: Path, timeout: float = 120.0, say: Say = _quiet) -> dict[str, float]:
     """Block until caught up; returns seconds per phase; raises StackError naming the laggard."""
     paths, state = _stack(state_dir)
@@ -110,24 +137,7 @@ def wait_caught_up(state_dir: Path, timeout: float = 120.0, say: Say = _quiet) -
         if pending:
             time.sleep(0.05)
     phases["capture"] = time.monotonic() - t0
-    consumer = Consumer(
-        {"bootstrap.servers": state.broker, "group.id": GROUP, "enable.auto.commit": False}
-    )
-    try:
-        for stage, topics in STAGES(specs):
-            t1 = time.monotonic()
-            marks = _marks(consumer, topics)
-            while True:
-                behind = _lag(consumer, topics, marks)
-                if behind == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise StackError(f"not caught up: stage {stage} is {behind} messages behind")
-                time.sleep(0.1)
-            phases[stage] = time.monotonic() - t1
-            say(f"{stage}: caught up")
-    finally:
-        consumer.close()
+    phases.update(wait_stages(state.broker, STAGES(specs), deadline, say))
     phases["total"] = time.monotonic() - t0
     return phases
 

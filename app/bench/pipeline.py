@@ -1,0 +1,302 @@
+"""``loyalty-cdp bench pipeline``: the stream topology measured on a fresh embedded stack.
+
+Figures (nothing here is pass/fail):
+
+* ``events_per_s``: synthetic canonical events (enrollments and purchases of ``members``
+  members) produced to ``cdp.events``, divided by the time until the identity and profile
+  stages have committed past all of them: every profile written to the store, every loyalty
+  event published and acknowledged.
+* ``bare_loop_events_per_s``: a bare confluent-kafka consume-then-produce loop over the same
+  messages on the same broker in the same run (the Python + broker limit); ``ratio`` is the
+  first over the second.
+* ``p50_ms`` / ``p99_ms``: source commit (a POS transaction of an enrolled card) to its
+  ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s.
+* ``rss_bytes_per_member``: growth of the worker's resident memory over the throughput
+  phase divided by the members it added (state cache, graph, Python overhead included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
+from app.stack import embedded
+from app.stack.errors import StackError
+from app.stack.pipeline import STAGES, wait_stages
+from app.stack.state import StackPaths
+
+Say = Callable[[str], None]
+BARE_TOPIC = "bench.bare"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class PipelineBenchResult:
+    machine: dict[str, Any]
+    events: int
+    members: int
+    events_per_s: float
+    bare_loop_events_per_s: float
+    ratio: float
+    loyalty_events_out: int
+    latency_rate: int
+    latency_rows: int
+    latency_received: int
+    p50_ms: float | None
+    p99_ms: float | None
+    rss_bytes_per_member: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cloudevent(type_: str, rid: str, at: str, data: dict[str, Any]) -> bytes:
+    body = {
+        "record_id": rid,
+        "source": "bench",
+        "table": "events",
+        "pk": rid,
+        "occurred_at": at,
+        **data,
+    }
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": uuid.uuid5(uuid.NAMESPACE_URL, rid).hex,
+            "source": "loyalty-cdp/bench",
+            "type": type_,
+            "subject": rid,
+            "time": at,
+            "datacontenttype": "application/json",
+            "data": body,
+        }
+    )
+
+
+def synthetic_events(members: int, events: int, tag: str) -> list[tuple[bytes, bytes]]:
+    """One enrollment per member, then purchases round-robin, in event-time order."""
+    out: list[tuple[bytes, bytes]] = []
+    for m in range(members):
+        no = f"B{tag}-{m:07d}"
+        out.append(
+            (
+                no.encode(),
+                _cloudevent(
+                    "cdp.member.enrolled",
+                    f"bench.enroll:{no}@member.enrolled",
+                    "2026-01-01T00:00:00.000000Z",
+                    {"member_no": no, "identifiers": [{"type": "member_no", "value": no}]},
+                ),
+            )
+        )
+    for i in range(max(0, events - members)):
+        no = f"B{tag}-{i % members:07d}"
+        day, sec = divmod(i // members, 86_400)
+        at = f"2026-02-{1 + day % 27:02d}T{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}.{i % 1_000_000:06d}Z"
+        out.append(
+            (
+                no.encode(),
+                _cloudevent(
+                    "cdp.purchase.completed",
+                    f"bench.purchase:{tag}-{i}@purchase.completed",
+                    at,
+                    {
+                        "purchase_id": f"bench:{tag}:{i}",
+                        "amount_cents": 1_000 + (i * 37) % 20_000,
+                        "currency": "USD",
+                        "identifiers": [{"type": "member_no", "value": no}],
+                    },
+                ),
+            )
+        )
+    return out
+
+
+def _rss(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _end_offsets(broker: str, topic: str) -> list[TopicPartition]:
+    c = Consumer({"bootstrap.servers": broker, "group.id": "bench-offsets"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        return [
+            TopicPartition(
+                topic, p, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            )
+            for p in md.topics[topic].partitions
+        ]
+    finally:
+        c.close()
+
+
+def bare_loop(broker: str, start: list[TopicPartition], count: int) -> float:
+    """Consume ``count`` messages of ``cdp.events`` from ``start`` and produce each: msgs/s."""
+    AdminClient({"bootstrap.servers": broker}).create_topics([NewTopic(BARE_TOPIC, 8, 1)])
+    time.sleep(0.5)
+    c = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"bench-bare-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    p = Producer({"bootstrap.servers": broker, "linger.ms": 2, "batch.num.messages": 10000})
+    c.assign(start)
+    n = 0
+    t0 = time.perf_counter()
+    deadline = t0 + 300
+    while n < count and time.perf_counter() < deadline:
+        for m in c.consume(5000, 0.2):
+            if m.error() is None:
+                while True:
+                    try:
+                        p.produce(BARE_TOPIC, m.value(), m.key())
+                        break
+                    except BufferError:
+                        p.poll(0.01)
+                n += 1
+        p.poll(0)
+    p.flush(60)
+    elapsed = time.perf_counter() - t0
+    c.close()
+    return n / elapsed
+
+
+class _EarnedRecorder(ArrivalRecorder):
+    """Arrival time of each ``points_earned`` event, indexed by its causing record id."""
+
+    def _run(self) -> None:
+        clock = time.perf_counter
+        while not self._stop.is_set():
+            msgs = self._consumer.consume(10_000, 0.05)
+            now = clock()
+            for m in msgs:
+                if m.error() is None and b"points_earned" in m.value():
+                    cause = orjson.loads(m.value())["data"]["cause_record_id"].encode()
+                    self.arrivals.setdefault(cause, now)
+
+
+def measure_latency(
+    st: dict[str, Any], rate: int, duration: float, tag: str
+) -> tuple[int, int, list[float]]:
+    """Enrolled-card POS transactions at ``rate``/s; commit -> points_earned latency (ms)."""
+    dsn = st["sources"]["pos"]
+    cards = 200
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO loyalty_cards (card_no, member_no, phone, issued_at)"
+            " SELECT 'LC' || %s || g, 'LM' || %s || g, NULL, '2026-01-01T00:00:00Z'"
+            " FROM generate_series(1, %s) g",
+            (tag, tag, cards),
+        )
+    time.sleep(3)
+    total = int(rate * duration)
+    per_txn = max(1, rate // 100)
+    interval = per_txn / rate
+    ids = [f"LT{tag}-{i:07d}" for i in range(total)]
+    commits: dict[bytes, float] = {}
+    with _EarnedRecorder(st["broker"], "loyalty.events") as rec, psycopg.connect(dsn) as conn:
+        start = time.perf_counter()
+        for n, i in enumerate(range(0, total, per_txn)):
+            delay = start + n * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            batch = ids[i : i + per_txn]
+            conn.execute(
+                "INSERT INTO transactions (txn_id, store_id, card_no, total, currency, occurred_at)"
+                " SELECT t, 'S1', 'LC' || %s || (1 + abs(hashtext(t)) %% %s), 25.00, 'USD', now()"
+                " FROM unnest(%s::text[]) t",
+                (tag, cards, batch),
+            )
+            conn.commit()
+            now = time.perf_counter()
+            for t in batch:
+                commits[f"pos.transactions:{t}@purchase.completed".encode()] = now
+        keys = list(commits)
+        received = rec.wait_for(keys, idle_timeout=20)
+        lat = sorted((rec.arrivals[k] - commits[k]) * 1000 for k in keys if k in rec.arrivals)
+    return total, received, lat
+
+
+def run_pipeline_bench(
+    state_dir: Path | None = None,
+    *,
+    members: int = 2_000,
+    events: int = 20_000,
+    rate: int = 1_000,
+    duration: float = 10.0,
+    say: Say = _quiet,
+) -> PipelineBenchResult:
+    tag = uuid.uuid4().hex[:6]
+    notes: list[str] = []
+    with bench_state_dir(state_dir) as sd:
+        try:
+            say(f"starting a fresh stack in {sd} (manual clock)")
+            st = embedded.up(sd, clock="manual", say=say)
+            pid = StackPaths(sd.resolve()).process("worker").pid()
+            specs = embedded._connectors()
+            stages = [s for s in STAGES(specs) if s[0] != "canonical"]
+            msgs = synthetic_events(members, events, tag)
+            start = _end_offsets(st["broker"], "cdp.events")
+            out_before = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
+            rss0 = _rss(pid)
+            say(f"throughput: {len(msgs):,} canonical events for {members:,} members")
+            p = Producer({"bootstrap.servers": st["broker"], "linger.ms": 5})
+            t0 = time.perf_counter()
+            for key, value in msgs:
+                p.produce("cdp.events", value, key)
+                p.poll(0)
+            p.flush(60)
+            wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
+            elapsed = time.perf_counter() - t0
+            rss1 = _rss(pid)
+            out_after = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
+            eps = len(msgs) / elapsed
+            say(f"throughput: {eps:,.0f} events/s; bare loop over the same messages")
+            bare = bare_loop(st["broker"], start, len(msgs))
+            say(f"latency at {rate:,} rows/s for {duration:.0f}s")
+            total, received, lat = measure_latency(st, rate, duration, tag)
+            if received < total:
+                notes.append(f"only {received}/{total} latency rows produced an event in time")
+            return PipelineBenchResult(
+                machine=machine_info(),
+                events=len(msgs),
+                members=members,
+                events_per_s=round(eps, 1),
+                bare_loop_events_per_s=round(bare, 1),
+                ratio=round(eps / bare, 4) if bare else 0.0,
+                loyalty_events_out=out_after - out_before,
+                latency_rate=rate,
+                latency_rows=total,
+                latency_received=received,
+                p50_ms=round(_percentile(lat, 50), 1) if lat else None,
+                p99_ms=round(_percentile(lat, 99), 1) if lat else None,
+                rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
+                notes=notes,
+            )
+        finally:
+            say("tearing the stack down")
+            with contextlib.suppress(StackError):
+                embedded.down(sd, drain_timeout=10)
