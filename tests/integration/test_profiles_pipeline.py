@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -89,8 +91,10 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    state_dir = tmp_path_factory.mktemp("profiles-stack")
+def run() -> Iterator[Run]:
+    # Not under pytest's basetemp: concurrent pytest sessions rotate (delete) old basetemp
+    # directories, which would pull the data directory from under a running PostgreSQL.
+    state_dir = Path(tempfile.mkdtemp(prefix="loyalty-cdp-profiles-"))
     try:
         st = embedded.up(state_dir, clock="manual")
         yield Run(
@@ -100,7 +104,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             mapper=Mapper.from_dir(settings().mappings_dir),
         )
     finally:
-        embedded.down(state_dir, drain_timeout=10)
+        try:
+            embedded.down(state_dir, drain_timeout=10)
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 class Writers:
