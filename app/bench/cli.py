@@ -90,9 +90,11 @@ def bench_pipeline(
     members: int = typer.Option(2_000, "--members", min=1, help="Members of the throughput phase."),
     events: int = typer.Option(20_000, "--events", min=1, help="Canonical events to push through."),
     rate: int = typer.Option(1_000, "--rate", min=1, help="Source rows/s of the latency phase."),
-    duration: float = typer.Option(10.0, "--duration", min=1.0, help="Seconds of the latency phase."),
+    duration: float = typer.Option(
+        10.0, "--duration", min=1.0, help="Seconds of the latency phase."
+    ),
     state_dir: Path | None = typer.Option(
-        None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir, removed after)."
+        None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir)."
     ),
 ) -> None:
     """Measure the stream topology: events/s vs a bare confluent-kafka loop, latency, memory.

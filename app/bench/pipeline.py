@@ -107,7 +107,8 @@ def synthetic_events(members: int, events: int, tag: str) -> list[tuple[bytes, b
     for i in range(max(0, events - members)):
         no = f"B{tag}-{i % members:07d}"
         day, sec = divmod(i // members, 86_400)
-        at = f"2026-02-{1 + day % 27:02d}T{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}.{i % 1_000_000:06d}Z"
+        clock = f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
+        at = f"2026-02-{1 + day % 27:02d}T{clock}.{i % 1_000_000:06d}Z"
         out.append(
             (
                 no.encode(),
