@@ -76,7 +76,9 @@ class IdentityStage:
         self.graph = IdentityGraph(program)
         self.seq = 0
         self._parked_known: list[tuple[Record, bytes]] | None = None
-        self.counts = {"in": 0, "batches": 0, "records": 0, "parked": 0, "dlq": 0, "merges": 0, "busy_ms": 0}
+        self.counts = dict.fromkeys(
+            ("in", "batches", "records", "parked", "dlq", "merges", "busy_ms"), 0
+        )
 
     # -- parsing ------------------------------------------------------------------------
 

@@ -77,7 +77,9 @@ class ProfileStage:
         self.versions: dict[str, int] = {}
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
         self.owned: set[int] = set()
-        self.counts = {"notes": 0, "batches": 0, "profiles_written": 0, "events": 0, "rejected": 0, "busy_ms": 0}
+        self.counts = dict.fromkeys(
+            ("notes", "batches", "profiles_written", "events", "rejected", "busy_ms"), 0
+        )
 
     def _part(self, pid: str) -> int:
         return partition_of(pid, self.partitions)

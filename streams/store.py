@@ -70,7 +70,8 @@ class Store:
             text(
                 "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
                 " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]),"
-                " CAST(:times AS timestamptz[]), CAST(:types AS text[]), CAST(:payloads AS bytea[]))"
+                " CAST(:times AS timestamptz[]), CAST(:types AS text[]),"
+                " CAST(:payloads AS bytea[]))"
                 " ON CONFLICT (record_id) DO NOTHING RETURNING seq"
             ),
             {
@@ -144,7 +145,8 @@ class Store:
                 "SELECT r.profile_id, r.seq, r.payload FROM records r"
                 " JOIN unnest(CAST(:pids AS text[]), CAST(:seqs AS bigint[])) AS a(pid, s)"
                 " ON r.profile_id = a.pid AND r.seq > a.s"
-                " WHERE NOT EXISTS (SELECT 1 FROM rejected_records x WHERE x.record_id = r.record_id)"
+                " WHERE NOT EXISTS"
+                " (SELECT 1 FROM rejected_records x WHERE x.record_id = r.record_id)"
                 " ORDER BY r.seq"
             ),
             {"pids": list(after), "seqs": list(after.values())},

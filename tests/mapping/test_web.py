@@ -33,7 +33,9 @@ def test_customer_insert_links_identifiers_and_records_consent(m: MapFn) -> None
         {"type": "email", "value": "ann.lee@example.com"},
         {"type": "phone", "value": "15550102"},
     ]
-    assert linked.data["record_id"] == "web.customers:C1#2026-03-01T10:00:00.000000Z@identity.linked"
+    assert (
+        linked.data["record_id"] == "web.customers:C1#2026-03-01T10:00:00.000000Z@identity.linked"
+    )
     assert consent.type == "cdp.consent.changed"
     assert consent.data["consent"] == {"email_opt_in": True, "admt_opt_out": False}  # null omitted
     assert consent.data["identifiers"] == [{"type": "customer_id", "value": "C1"}]
