@@ -151,11 +151,13 @@ class ProfileStage:
                 self.store.set_clock(conn, p, at)
             target = self.store.clock(conn) if self.manual else self.now()
             changed, gone, db_versions = self._refresh(conn, touched, events, rejected)
-            if advance_all:
-                tick_parts = set(ticks) if ticks else set(parts)
-                changed |= {pid for pid in self.states if self._part(pid) in tick_parts}
+            # A tick re-snapshots every profile of its partitions (their as_of moves to the
+            # tick); the wall-clock timer writes only profiles that an effect changed.
+            ticked = {pid for pid in self.states if self._part(pid) in ticks}
+            changed |= ticked
             if target is not None:
-                for pid in changed | (set(self.states) if advance_all else set()):
+                candidates = set(self.states) if advance_all else changed
+                for pid in candidates:
                     st = self.states[pid]
                     if st.as_of is None or target > st.as_of:
                         new = st.advance_to(target)
