@@ -105,9 +105,11 @@ def _late_record_ms(program: CompiledProgram, timer: Callable[[], float], repeat
     return statistics.median(costs) * 1000
 
 
-def _bytes_per_member(program: CompiledProgram, members: int) -> tuple[float, float, float]:
+def _bytes_per_member(
+    program: CompiledProgram, members: int
+) -> tuple[float, float, float, float]:
     """(bytes per member state with its record history, the same without the records
-    (derived fold only), mean stored orjson size)."""
+    (derived fold only), mean stored orjson size, the same zlib-compressed)."""
     rng = random.Random(3)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -125,8 +127,9 @@ def _bytes_per_member(program: CompiledProgram, members: int) -> tuple[float, fl
     derived = (tracemalloc.get_traced_memory()[0] - base) / members
     tracemalloc.stop()
     del folds, histories
-    stored = statistics.mean(len(s.to_bytes()) for s in states)
-    return total, derived, stored
+    stored = statistics.mean(len(s.to_bytes(compress=False)) for s in states)
+    compressed = statistics.mean(len(s.to_bytes()) for s in states)
+    return total, derived, stored, compressed
 
 
 def run_domain_bench(
@@ -143,7 +146,7 @@ def run_domain_bench(
     members = max(1, records // per_member)
     n, secs = _in_order_rate(program, members, timer, with_identity=False)
     n_id, secs_id = _in_order_rate(program, max(1, members // 4), timer, with_identity=True)
-    total, derived, stored = _bytes_per_member(program, memory_members)
+    total, derived, stored, compressed = _bytes_per_member(program, memory_members)
     late_ms = _late_record_ms(program, timer, late_repeats)
     return {
         "in_order_records": n,
@@ -153,6 +156,7 @@ def run_domain_bench(
         "member_state_bytes_total": round(total),
         "member_state_bytes_excluding_records": round(derived),
         "member_state_stored_bytes_orjson": round(stored),
+        "member_state_stored_bytes_orjson_zlib": round(compressed),
         "records_per_typical_member": per_member,
     }
 

@@ -74,6 +74,8 @@ def test_storage_round_trip_continues_identically() -> None:
     blob = s.to_bytes()
     restored = MemberState.from_bytes(P, blob)
     assert restored.snapshot() == s.snapshot()
+    plain = MemberState.from_bytes(P, s.to_bytes(compress=False))
+    assert plain.to_dict() == restored.to_dict() == s.to_dict()
     nxt = buy("C", 120_000, at(3), **M)
     assert [e.id for e in restored.add(nxt)] == [e.id for e in s.add(nxt)]
 
