@@ -142,8 +142,9 @@ class Observer:
             snap.canonical, snap.loyalty, snap.dlq = sums[CANONICAL], sums[LOYALTY], sums[DLQ]
             snap.lag = self.lag.measure()
             for m in self.tail.consume(500, timeout=0):
-                if m.error() is None:
-                    self.latest.append(_brief(m.value()))
+                value = m.value()
+                if m.error() is None and value is not None:
+                    self.latest.append(_brief(value))
         except KafkaException:
             pass  # broker busy: keep the previous figures
         for tier, is_member, n in self.store.execute(

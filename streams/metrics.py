@@ -31,7 +31,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -73,9 +73,8 @@ class StageLag:
     def high_watermarks(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
         if not tps:
             return {}
-        futures = self.admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in tps}, request_timeout=5
-        )
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        futures = self.admin.list_offsets({tp: latest for tp in tps}, request_timeout=5)
         return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
     def measure(self) -> dict[str, int]:
@@ -275,7 +274,7 @@ def register_metrics(
             # aiohttp refuses a charset in content_type=; the header carries it whole.
             return self.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def start_lag() -> None:
         from app.cdc.connectors import load_connectors
         from app.settings import settings
