@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import blake2b
+from typing import Any
 
 from app.domain.events import LoyaltyEvent, event_id
 from app.domain.program import CompiledProgram
@@ -33,7 +34,9 @@ from app.domain.records import (
     PurchaseRefunded,
     Record,
     UnknownPurchase,
+    format_time,
     member_no_order,
+    parse_time,
 )
 
 
@@ -157,6 +160,40 @@ class IdentityGraph:
         if node not in self._parent:
             return None
         return self._clusters[self._find(node)].cluster_id()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (parent links compressed to roots, one entry per cluster)."""
+        roots: dict[str, list[str]] = {}
+        for node in self._parent:
+            roots.setdefault(self._find(node), []).append(node)
+        return {
+            "v": 1,
+            "clusters": [
+                {
+                    "nodes": sorted(nodes),
+                    "earliest": [format_time(c.earliest[0]), c.earliest[1]],
+                    "member_nos": sorted(c.member_nos),
+                    "identifiers": sorted(c.identifiers),
+                }
+                for root, nodes in sorted(roots.items())
+                for c in (self._clusters[root],)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, program: CompiledProgram, d: dict[str, Any]) -> IdentityGraph:
+        if d.get("v") != 1:
+            raise ValueError(f"unsupported identity graph format {d.get('v')!r}")
+        g = cls(program)
+        for c in d["clusters"]:
+            root = c["nodes"][0]
+            for node in c["nodes"]:
+                g._parent[node] = root
+            t, rid = c["earliest"]
+            g._clusters[root] = _Cluster(
+                (parse_time(t, rid), rid), set(c["member_nos"]), set(c["identifiers"])
+            )
+        return g
 
     def clusters(self) -> dict[str, list[str]]:
         """cluster id -> sorted identifiers (``type:value``), for tests and export."""

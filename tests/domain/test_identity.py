@@ -127,3 +127,14 @@ def test_refund_must_follow_its_purchase_in_the_cluster() -> None:
     with pytest.raises(InvalidRecord, match="already recorded"):
         s.add(buy("A", 1000, at(2), customer_id="other").__class__(
             "pos.transactions:A2", "pos", "transactions", "A2", at(3), (), "pos:A", 5, "USD"))
+
+
+def test_graph_storage_round_trip() -> None:
+    g = IdentityGraph(P)
+    for r in [link("c1", at(1), customer_id="c1", email="a@x"), enroll("4", at(2), email="a@x"),
+              buy("A", 100, at(3)), link("c2", at(4), customer_id="c2", phone="555")]:
+        g.add(r)
+    g2 = IdentityGraph.from_dict(P, g.to_dict())
+    assert g2.clusters() == g.clusters() and g2.to_dict() == g.to_dict()
+    nxt = link("c3", at(5), customer_id="c2", email="a@x")
+    assert g2.add(nxt) == g.add(nxt)
