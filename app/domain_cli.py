@@ -3,7 +3,7 @@
 ``config validate`` detects what kind of file it was given from the document's top-level
 keys (:data:`KINDS`, first match wins) and prints every error as
 ``FILE: path.to.key: message``. A missing or unparseable file is one line, never a
-traceback. To validate a new kind of file (the offer catalog, issue 7), add a
+traceback. To validate a new kind of file (as the offer catalog does), add a
 :class:`FileKind` to :data:`KINDS` with its detector and validator: nothing else changes.
 """
 
@@ -33,11 +33,10 @@ def _mapping_errors(path: Path, _doc: Any) -> list[str]:
     return validate_mapping_file(path)
 
 
-def _not_yet(kind: str) -> Callable[[Path, Any], list[str]]:
-    def validate(_path: Path, _doc: Any) -> list[str]:
-        return [f"(file): {kind} validation is not available yet"]
+def _offer_errors(path: Path, _doc: Any) -> list[str]:
+    from app.decisioning.catalog import validate_offer_file
 
-    return validate
+    return validate_offer_file(path)
 
 
 def _keys(doc: Any) -> set[str]:
@@ -49,7 +48,7 @@ KINDS: list[FileKind] = [
     FileKind(
         "offer catalog",
         lambda d: bool({"product_offers", "loyalty_offers", "offers"} & _keys(d)),
-        _not_yet("offer catalog"),
+        _offer_errors,
     ),
     # The program is the fallback: every key is optional, so an empty file is a program.
     FileKind("program", lambda d: True, lambda _p, d: program_errors(d)),

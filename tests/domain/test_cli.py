@@ -73,7 +73,9 @@ def test_other_kinds_are_detected(tmp_path: Path) -> None:
     catalog = tmp_path / "offers.yaml"
     catalog.write_text("loyalty_offers: []\n")
     result = CliRunner().invoke(cli(), ["config", "validate", str(catalog)])
-    assert result.exit_code == 1 and "offer catalog" in result.output
+    assert result.exit_code == 1 and "the catalog has no offers" in result.output
+    result = CliRunner().invoke(cli(), ["config", "validate", "config/offers.yaml"])
+    assert result.exit_code == 0 and "ok (offer catalog)" in result.output
 
 
 def test_bench_domain_runs_small() -> None:
