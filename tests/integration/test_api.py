@@ -5,6 +5,8 @@ latency series and the per-stage lag; ``/healthz`` answers."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +31,11 @@ def _exec(dsn: str, *statements: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state_dir: Path = tmp_path_factory.mktemp("api-stack")
+def stack() -> Iterator[dict[str, Any]]:
+    # Not under pytest's basetemp: a concurrent pytest run re-privatises (chmod 0700)
+    # /tmp/pytest-of-<user>, and the unprivileged PostgreSQL could then not be stopped.
+    root = Path(tempfile.mkdtemp(prefix="loyalty-cdp-api-"))
+    state_dir = root / "stack"
     try:
         st = embedded.up(state_dir)
         _exec(
@@ -50,6 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield st
     finally:
         embedded.down(state_dir, drain_timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _get(st: dict[str, Any], path: str) -> httpx.Response:

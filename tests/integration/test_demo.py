@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
-    state_dir = tmp_path / "demo"
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: a concurrent pytest run re-privatises (chmod 0700)
+    # /tmp/pytest-of-<user>, and the unprivileged PostgreSQL could then not be stopped.
+    path = Path(tempfile.mkdtemp(prefix="loyalty-cdp-demo-"))
+    yield path / "demo"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_runs_and_stops_cleanly(state_dir: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
