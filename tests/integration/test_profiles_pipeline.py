@@ -20,7 +20,6 @@ validated against their JSON Schemas, with no duplicate event ids across all of 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import shutil
@@ -31,7 +30,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from jsonschema import Draft202012Validator
 
-from app.domain.profiles import Profiles
 from app.domain.program import CompiledProgram, load_program
-from app.domain.records import InvalidRecord, PurchaseLine, Record, record_from_cloudevent
 from app.mapping.engine import Mapper
 from app.settings import REPO_ROOT, settings
 from app.simulate import TABLES, RowOp, Traffic, generate, write_ops
@@ -52,6 +48,7 @@ from app.stack.pipeline import tick, wait_caught_up
 from app.stack.state import StackPaths
 from streams.store import Store
 from tests.integration.kafka_util import read_topic
+from tests.offline_pipeline import fold, map_traffic, records_of
 
 pytestmark = pytest.mark.integration
 
@@ -159,74 +156,18 @@ def settle(r: Run) -> None:
 # -- the offline side: simulator rows -> Debezium change events -> mapping -> fold -------
 
 
-def _debezium_value(v: Any) -> Any:
-    """A column value as Debezium's JsonConverter writes it (decimal.handling.mode=string)."""
-    if isinstance(v, datetime):
-        return v.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(v, Decimal):
-        return str(v)
-    return v
-
-
 def offline_events(r: Run) -> dict[str, dict[str, Any]]:
     """Canonical events (id -> CloudEvent) of everything loaded, mapped without the stack."""
-    if r._events[0] == len(r.loaded):
-        return r._events[1]
-    out: dict[str, dict[str, Any]] = {}
-    for traffic in r.loaded:
-        images: dict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = {}
-        for op in traffic.ops:
-            after = {k: _debezium_value(v) for k, v in op.row.items()}
-            ident = (op.source, op.table, op.key)
-            before = images.get(ident) if op.action == "update" else None
-            images[ident] = after
-            ts_ms = int(op.at.timestamp() * 1000)
-            doc = {
-                "before": before,
-                "after": after,
-                "source": {
-                    "connector": "postgresql",
-                    "ts_ms": ts_ms,
-                    "schema": "public",
-                    "table": op.table,
-                    "db": op.source,
-                },
-                "op": "u" if op.action == "update" else "c",
-                "ts_ms": ts_ms,
-            }
-            topic = f"{op.source}.public.{op.table}"
-            for ev in r.mapper.map(topic, orjson.dumps(doc)):
-                # Same id, first version kept: what every consumer that drops duplicates by
-                # id does (the identity stage inserts records ON CONFLICT DO NOTHING). Ids do
-                # collide when a row changes twice within one updated_at (the simulator
-                # creates some web customers / app users and enrolls them in the same
-                # second); the pipeline, too, sees the first version first (one partition).
-                out.setdefault(ev.id, ev.event)
-    r._events = (len(r.loaded), out)
-    return out
-
-
-def offline_records(r: Run) -> list[Record]:
-    records = {
-        eid: record_from_cloudevent(ev, currencies=r.program.currencies)
-        for eid, ev in offline_events(r).items()
-    }
-    return sorted(
-        (rec for rec in records.values() if not isinstance(rec, PurchaseLine)),
-        key=lambda rec: rec.sort_key(),
-    )
+    if r._events[0] != len(r.loaded):
+        r._events = (len(r.loaded), map_traffic(r.mapper, r.loaded))
+    return r._events[1]
 
 
 def offline_profiles(r: Run) -> dict[str, dict[str, Any]]:
     """profile id -> export document: the domain core's fold of every loaded record."""
     assert r.clock is not None
-    core = Profiles(r.program)
-    for rec in offline_records(r):
-        # a record the domain refuses is refused by the pipeline too (rejected_records)
-        with contextlib.suppress(InvalidRecord):
-            core.ingest(rec)
-    core.advance_to(r.clock)
-    return {pid: core.states[pid].snapshot() for pid in sorted(core.states)}
+    profiles, _ = fold(r.program, records_of(r.program, offline_events(r)), r.clock)
+    return profiles
 
 
 # -- the pipeline side ------------------------------------------------------------------
