@@ -513,6 +513,8 @@ def decide(
     chosen: dict[str, list[ChosenOffer]] = {}
 
     def feasible(r: RankedOffer, channel: str) -> Reason | None:
+        # caps count this decision's own choices; the repeat rule looks at past sends
+        # only (the in-app copy of this moment's outbound offer is not a repeat)
         offer = by_id[r.offer_id]
         if offer.templates.get(channel) is None:
             return Reason("no_template", f"no {channel} template")
@@ -521,7 +523,7 @@ def decide(
             return why
         return (
             quiet_hours_reason(channel, policy, contact, now)
-            or repeat_reason(r.offer_id, policy, [*history, *pending], now)
+            or repeat_reason(r.offer_id, policy, history, now)
             or cap_reason(channel, policy, [*history, *pending], now)
         )
 
@@ -541,14 +543,15 @@ def decide(
         for r in ranked:
             done_on: str | None = None
             for channel in policy.channel_order:
-                why = feasible(r, channel)
-                if why is not None:
-                    rejected.append(Rejection(r.offer_id, channel, why.code, why.text))
-                elif done_on is not None:
+                if done_on is not None:
                     rejected.append(Rejection(
                         r.offer_id, channel, "sent_on_other_channel",
                         f"this moment's message for the offer goes out on {done_on}",
                     ))
+                    continue
+                why = feasible(r, channel)
+                if why is not None:
+                    rejected.append(Rejection(r.offer_id, channel, why.code, why.text))
                 elif sent >= policy.max_outbound_per_moment:
                     rejected.append(Rejection(
                         r.offer_id, channel, "outranked",
