@@ -132,6 +132,18 @@ def _bytes_per_member(
     return total, derived, stored, compressed
 
 
+def _calibration_us(timer: Callable[[], float]) -> float:
+    """Median µs of ``sum(range(1000))`` over 500 runs: how fast this host runs Python
+    right now. An idle 2020s desktop core takes about 8-15 µs; on a busy host, scale the
+    figures by the ratio."""
+    runs = []
+    for _ in range(500):
+        start = timer()
+        sum(range(1000))
+        runs.append(timer() - start)
+    return statistics.median(runs) * 1e6
+
+
 def run_domain_bench(
     records: int = 200_000,
     timer: Callable[[], float] | None = None,
@@ -149,6 +161,7 @@ def run_domain_bench(
     total, derived, stored, compressed = _bytes_per_member(program, memory_members)
     late_ms = _late_record_ms(program, timer, late_repeats)
     return {
+        "calibration_sum_range_1000_us": round(_calibration_us(timer), 1),
         "in_order_records": n,
         "in_order_records_per_cpu_s": round(n / secs),
         "in_order_with_identity_records_per_cpu_s": round(n_id / secs_id),

@@ -40,8 +40,13 @@ EVENT_TYPES = (
 
 def event_id(type_: str, effective_at: datetime, cause: str, discriminator: str = "") -> str:
     """Same inputs, same id: consumers drop redelivered or re-emitted events by it."""
-    # all domain times are UTC-aware, so isoformat() is one canonical spelling per instant
-    raw = f"{type_}|{effective_at.isoformat()}|{cause}|{discriminator}".encode()
+    return event_id_at(type_, effective_at.isoformat(), cause, discriminator)
+
+
+def event_id_at(type_: str, at_iso: str, cause: str, discriminator: str) -> str:
+    """:func:`event_id` with the time already spelled (``datetime.isoformat()`` of a UTC
+    time: all domain times are UTC-aware, so it is one canonical spelling per instant)."""
+    raw = f"{type_}|{at_iso}|{cause}|{discriminator}".encode()
     return blake2b(raw, digest_size=16).hexdigest()
 
 

@@ -25,7 +25,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from app.domain.events import LoyaltyEvent, event_id
+from app.domain.events import LoyaltyEvent, event_id_at
 from app.domain.lapse import lapse_deadline
 from app.domain.ledger import Ledger, Lot
 from app.domain.milestones import crossings
@@ -74,6 +74,8 @@ class Fold:
     """Derived state of one cluster at ``as_of``; see the module docstring for the order."""
 
     __slots__ = (
+        "_iso",
+        "_iso_at",
         "_last_purchase_record",
         "_mult_cache",
         "_next_due",
@@ -134,6 +136,8 @@ class Fold:
         self.lapse_due: datetime | None = None
         self.lapse_risk = False
         self._last_purchase_record = ""
+        self._iso_at: datetime | None = None
+        self._iso = ""
         self._next_due = FAR  # never later than the true next due time
         self._mult_cache: dict[tuple[int, int], tuple[Fraction, str]] = {}
 
@@ -146,9 +150,11 @@ class Fold:
         if events is None or (self.emit_since is not None and at < self.emit_since):
             return
         data["balance"] = self.ledger.balance
+        if at is not self._iso_at:  # several events share an instant: spell it once
+            self._iso_at, self._iso = at, at.isoformat()
         events.append(
             LoyaltyEvent(
-                event_id(type_, at, cause, disc),
+                event_id_at(type_, self._iso, cause, disc),
                 type_,
                 self.profile_id,
                 self.member_id,

@@ -164,7 +164,7 @@ def smallest_member_no(
     """The smallest ``member_no`` among ``identifiers`` and ``current`` (the member id)."""
     best = current
     for i in identifiers:
-        if i.type == "member_no" and (
+        if i.type == "member_no" and i.value != best and (
             best is None or member_no_order(i.value) < member_no_order(best)
         ):
             best = i.value

@@ -52,6 +52,7 @@ from app.domain.records import (
 from app.domain.tiers import next_tier_gap
 
 FORMAT_VERSION = 1
+_NOT_STORED = (PurchaseLine, EngagementRecorded)
 
 
 def _key(r: Record) -> tuple[datetime, int, str, str, str, str]:
@@ -113,7 +114,7 @@ class MemberState:
 
     def add(self, r: Record) -> list[LoyaltyEvent]:
         """Add one record; returns the loyalty events not emitted before (see module doc)."""
-        if isinstance(r, PurchaseLine | EngagementRecorded):
+        if isinstance(r, _NOT_STORED):
             return []
         key = r.sort_key()
         last = self._last_key
