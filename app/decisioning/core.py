@@ -70,6 +70,9 @@ Scorer = Callable[[Coefficients, Mapping[str, float]], float]
 Offer = ProductOffer | LoyaltyOffer
 ESSENTIAL_MOMENTS = frozenset({"purchase", "api:checkout_confirmation", "api:cart"})
 RULE_CLASSES = {0: "essential", 1: "proximity", 2: "general"}
+# Exempt from the no-repeat rule: each receipt is about a different purchase (it still
+# needs consent, respects quiet hours and counts toward the caps).
+REPEATABLE_KINDS = frozenset({"points_receipt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +526,8 @@ def decide(
             return why
         return (
             quiet_hours_reason(channel, policy, contact, now)
-            or repeat_reason(r.offer_id, policy, history, now)
+            or (None if r.kind in REPEATABLE_KINDS else repeat_reason(
+                r.offer_id, policy, history, now))
             or cap_reason(channel, policy, [*history, *pending], now)
         )
 

@@ -316,7 +316,7 @@ def test_api_answers_are_not_contacts() -> None:
     hist = sends("receipt", "in_app", 1, 2) + sends("x", "email", 1, 1, 1, 1, 1)
     m = Moment.api("req-3", "cart", NOW, CART)
     d = decide(m, profile(), ctx(), CAT, hist, NOW)
-    assert [o.offer_id for o in d.chosen("in_app")][0] == "receipt"
+    assert d.chosen("in_app")[0].offer_id == "receipt"
     assert set(d.channels) == {"in_app"}
 
 
@@ -333,6 +333,14 @@ def test_purchase_moment_receipt_and_enrollment() -> None:
     assert [o.body for o in g.chosen("in_app")] == ["Join: you would have earned 40."]
 
 
+def test_receipts_are_exempt_from_the_repeat_rule_not_from_caps() -> None:
+    m = Moment.purchase("p:2", NOW, 4099)
+    d = decide(m, profile(), ctx(), CAT, sends("receipt", "push", 3), NOW)
+    assert outbound(d) == {"push": ["receipt"]}
+    d = decide(m, profile(), ctx(), CAT, sends("receipt", "push", 3, 4), NOW)
+    assert codes(d, "receipt", "push") == ["channel_cap"] and outbound(d) == {"email": ["receipt"]}
+
+
 def test_purchase_under_one_unit_earns_no_receipt() -> None:
     d = decide(Moment.purchase("p:1", NOW, 99), profile(), ctx(), CAT, [], NOW)
     assert codes(d, "receipt", None) == ["no_points"]
@@ -343,8 +351,11 @@ def test_checkout_context_matches_quote_purchase() -> None:
     from tests.domain.builders import at, buy, enroll
 
     state = MemberState(PROGRAM, "prof-9")
-    state.add_many([enroll("M9", at(0), email="m9@example.com"),
-                    buy("t1", 60000, at(1), member_no="M9"), buy("t2", 5000, at(2), member_no="M9")])
+    state.add_many([
+        enroll("M9", at(0), email="m9@example.com"),
+        buy("t1", 60000, at(1), member_no="M9"),
+        buy("t2", 5000, at(2), member_no="M9"),
+    ])
     when = at(3)
     q = state.quote_purchase(12345, when)
     c = checkout_context(state.snapshot(), [CartLine("x", 1, 12345)], PROGRAM, when)
