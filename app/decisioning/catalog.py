@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,7 +42,7 @@ MOMENT_TYPES: tuple[str, ...] = (
     "purchase",
     *(f"api:{p}" for p in PLACEMENTS),
 )
-LOYALTY_KINDS: tuple[str, ...] = (
+LoyaltyKind = Literal[
     "double_points",
     "tier_preview",
     "referral_bonus",
@@ -51,7 +51,8 @@ LOYALTY_KINDS: tuple[str, ...] = (
     "welcome",
     "win_back",
     "points_receipt",  # "this purchase earned you X points" (members, purchase/checkout)
-)
+]
+LOYALTY_KINDS: tuple[str, ...] = get_args(LoyaltyKind)
 #: Features of the logistic model, computed from the profile snapshot (see features.py).
 FEATURES: tuple[str, ...] = (
     "recency_days",
@@ -230,16 +231,7 @@ class ProductOffer(_Offer):
 
 
 class LoyaltyOffer(_Offer):
-    kind: Literal[
-        "double_points",
-        "tier_preview",
-        "referral_bonus",
-        "early_access",
-        "enrollment",
-        "welcome",
-        "win_back",
-        "points_receipt",
-    ]
+    kind: LoyaltyKind
     value: Decimal = Field(ge=0)  # expected value units (margin cents) if accepted
 
     @model_validator(mode="after")
@@ -365,13 +357,8 @@ class OfferCatalog(_Strict):
         return (*self.product_offers, *self.loyalty_offers)
 
 
-class CatalogError(Exception):
+class CatalogError(ProgramError):
     """A catalog that cannot be used; ``errors`` holds every ``key.path: message``."""
-
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = list(errors)
-        super().__init__(f"{source}: " + "; ".join(self.errors))
 
 
 def _loc(loc: Sequence[int | str]) -> str:
