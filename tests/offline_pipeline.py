@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,7 @@ from app.domain.records import InvalidRecord, PurchaseLine, Record, record_from_
 from app.mapping.engine import Mapper
 from app.simulate import Traffic
 
-__all__ = ["fold", "map_traffic", "records_of"]
+__all__ = ["Folded", "fold", "map_traffic", "records_of"]
 
 
 def _debezium_value(v: Any) -> Any:
@@ -82,10 +83,27 @@ def records_of(program: CompiledProgram, events: dict[str, dict[str, Any]]) -> l
     )
 
 
-def fold(
-    program: CompiledProgram, records: Iterable[Record], until: datetime
-) -> tuple[dict[str, dict[str, Any]], list[LoyaltyEvent]]:
-    """(profile id -> export document at ``until``, the loyalty events of the fold)."""
+@dataclass
+class Folded:
+    profiles: dict[str, dict[str, Any]]  # profile id -> export document at ``until``
+    events: list[LoyaltyEvent]  # what the offline fold emitted, in its (event-time) order
+    core: Profiles
+    until: datetime
+
+    def final_event_ids(self) -> set[str]:
+        """Ids of the events of every profile's final fold (its whole history, to ``until``).
+
+        The pipeline must have published each of them, whatever the arrival order: a late
+        or merged record refolds and emits the new fold's events its earlier folds lacked,
+        and ids do not depend on when (or under which profile id) a moment was computed.
+        """
+        return {
+            e.id for st in self.core.states.values() for e in st.refold(self.until).take_events()
+        }
+
+
+def fold(program: CompiledProgram, records: Iterable[Record], until: datetime) -> Folded:
+    """The domain core's fold of ``records`` (in fold order), advanced to ``until``."""
     core = Profiles(program)
     events: list[LoyaltyEvent] = []
     for rec in records:
@@ -93,4 +111,5 @@ def fold(
         with contextlib.suppress(InvalidRecord):
             events.extend(core.ingest(rec))
     events.extend(core.advance_to(until))
-    return {pid: core.states[pid].snapshot() for pid in sorted(core.states)}, events
+    profiles = {pid: core.states[pid].snapshot() for pid in sorted(core.states)}
+    return Folded(profiles, events, core, until)

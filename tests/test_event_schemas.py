@@ -45,8 +45,8 @@ def _history() -> tuple[dict[str, dict[str, Any]], tuple[LoyaltyEvent, ...]]:
     traffic = generate(30, 380, 77, start)  # > 1 year: expiries, downgrades, lapses
     events = map_traffic(Mapper.from_dir(settings().mappings_dir), [traffic])
     until = max(op.at for op in traffic.ops) + timedelta(days=400)
-    profiles, loyalty = fold(_program(), records_of(_program(), events), until)
-    return profiles, tuple(loyalty)
+    folded = fold(_program(), records_of(_program(), events), until)
+    return folded.profiles, tuple(folded.events)
 
 
 def test_the_schema_names_every_event_type() -> None:

@@ -48,7 +48,7 @@ from app.stack.pipeline import tick, wait_caught_up
 from app.stack.state import StackPaths
 from streams.store import Store
 from tests.integration.kafka_util import read_topic
-from tests.offline_pipeline import fold, map_traffic, records_of
+from tests.offline_pipeline import Folded, fold, map_traffic, records_of
 
 pytestmark = pytest.mark.integration
 
@@ -163,11 +163,15 @@ def offline_events(r: Run) -> dict[str, dict[str, Any]]:
     return r._events[1]
 
 
-def offline_profiles(r: Run) -> dict[str, dict[str, Any]]:
-    """profile id -> export document: the domain core's fold of every loaded record."""
+def offline_fold(r: Run) -> Folded:
+    """The domain core's fold of every loaded record, to the clock."""
     assert r.clock is not None
-    profiles, _ = fold(r.program, records_of(r.program, offline_events(r)), r.clock)
-    return profiles
+    return fold(r.program, records_of(r.program, offline_events(r)), r.clock)
+
+
+def offline_profiles(r: Run) -> dict[str, dict[str, Any]]:
+    """profile id -> export document."""
+    return offline_fold(r).profiles
 
 
 # -- the pipeline side ------------------------------------------------------------------
@@ -374,6 +378,9 @@ def test_loyalty_events_are_unique_and_valid(run: Run) -> None:
         [e for e in events if e["id"] in dups][:2]
     )
     assert set(ids) == outbox, "the topic and the outbox disagree"
+    # every moment of every profile's final history was published (exact points out)
+    missing = offline_fold(run).final_event_ids() - set(ids)
+    assert not missing, f"{len(missing)} loyalty events of the final folds never published"
     v = _validator("loyalty.events.schema.json")
     bad = [(e["type"], _errors(v, e)) for e in events if not v.is_valid(e)]
     assert not bad, f"{len(bad)} invalid loyalty events, e.g. {bad[:3]}"
