@@ -105,10 +105,15 @@ class _Strict(BaseModel):
 
 
 def _placeholders(text: str) -> list[str]:
+    """Field names of a template; values are pre-formatted strings, so no spec/conversion."""
     try:
-        return [f for _lit, f, _spec, _conv in string.Formatter().parse(text) if f is not None]
+        parts = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise ValueError(f"bad template syntax: {exc}") from exc
+    for _lit, name, spec, conv in parts:
+        if name is not None and (spec or conv):
+            raise ValueError(f"placeholder {{{name}}} takes no format spec or conversion")
+    return [name for _lit, name, _spec, _conv in parts if name is not None]
 
 
 class Template(_Strict):

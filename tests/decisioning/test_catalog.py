@@ -47,6 +47,8 @@ def broken(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
          "product_offers.1.margin: Input should be less than or equal to 1"),
         (("product_offers", 0, "templates", "email", "body"), "Hi {first_name}",
          "product_offers.0.templates.email.body: unknown placeholder {first_name}"),
+        (("product_offers", 0, "templates", "email", "body"), "{points:,} points",
+         "product_offers.0.templates.email.body: placeholder {points} takes no format spec"),
         (("product_offers", 0, "templates", "email", "body"), "Hi {",
          "product_offers.0.templates.email.body: bad template syntax"),
         (("product_offers", 0, "eligibility", "moments"), ["purchase", "birthday"],

@@ -411,3 +411,28 @@ def test_profile_without_purchases_scores() -> None:
     p = profile(last_purchase_at=None, purchase_count=0)
     d = decide(LAPSE, p, ctx(), CAT, [Send("z", "push", NOW)], NOW)
     assert d.ranked[0].p is not None
+
+
+def test_the_shipped_catalog_renders_every_moment() -> None:
+    from app.decisioning import load_catalog
+    from app.decisioning.catalog import MOMENT_TYPES
+    from tests.decisioning.test_catalog import SHIPPED
+
+    cat = load_catalog(SHIPPED)
+    people = [profile(points_balance=9800, tier="silver", qualifying_spend_cents=190000),
+              guest(), None]
+    for type_ in MOMENT_TYPES:
+        if type_.startswith("api:"):
+            m = Moment.api("r", type_[4:], NOW, CART)
+        elif type_ == "purchase":
+            m = Moment.purchase("p", NOW, 4099)
+        else:
+            m = event(type_, points=120)
+        for who in people:
+            d = decide(m, who, ctx(), cat, [], NOW)
+            for cd in d.channels.values():
+                for o in cd.offers:
+                    assert "{" not in o.body and "}" not in o.body
+    near = decide(event("milestone_approaching"), profile(points_balance=9800), ctx(), cat,
+                  [], NOW)
+    assert near.chosen("email")[0].offer_id == "sku-rain-jacket"  # 249 points close 200
