@@ -6,6 +6,8 @@ DLQ while the pipeline keeps flowing; ``down``/``up`` loses and duplicates nothi
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,10 @@ def _id(source: str, table: str, pk: str, version: str, type_: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state_dir = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[dict[str, Any]]:
+    # Not under pytest's basetemp: a concurrent pytest session resets its permissions, which
+    # would lock the PostgreSQL server (an unprivileged user) out of its data directory.
+    state_dir = Path(tempfile.mkdtemp(prefix="loyalty-cdp-cdc-"))
     mp = pytest.MonkeyPatch()
     # Long offset flush interval: a SIGKILLed connector must redeliver what it already sent.
     mp.setenv("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "600000")
@@ -38,8 +42,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         st["state_dir_path"] = state_dir
         yield st
     finally:
-        embedded.down(state_dir, drain_timeout=10)
-        mp.undo()
+        try:
+            embedded.down(state_dir, drain_timeout=10)
+        finally:
+            mp.undo()
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _exec(dsn: str, *statements: tuple[str, tuple[Any, ...]]) -> None:
