@@ -28,7 +28,7 @@ Pipeline (docs/decisioning.md has the full reference):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from hashlib import blake2b
@@ -335,8 +335,6 @@ def _member_for_moment(
 
 
 def _replace_points(m: MemberContext, points: int) -> MemberContext:
-    from dataclasses import replace
-
     return replace(m, points=points)
 
 
