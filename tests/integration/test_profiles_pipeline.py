@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,11 +88,14 @@ class Run:
         return str(self.status["store"])
 
 
-@pytest.fixture(scope="module")
-def run() -> Iterator[Run]:
-    # Not under pytest's basetemp: concurrent pytest sessions rotate (delete) old basetemp
-    # directories, which would pull the data directory from under a running PostgreSQL.
-    state_dir = Path(tempfile.mkdtemp(prefix="loyalty-cdp-profiles-"))
+@contextmanager
+def manual_stack(prefix: str) -> Iterator[Run]:
+    """An embedded stack with the manual clock in a fresh temp dir, torn down and removed.
+
+    Not under pytest's basetemp: concurrent pytest sessions rotate (delete) old basetemp
+    directories, which would pull the data directory from under a running PostgreSQL.
+    """
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         st = embedded.up(state_dir, clock="manual")
         yield Run(
@@ -105,6 +109,12 @@ def run() -> Iterator[Run]:
             embedded.down(state_dir, drain_timeout=10)
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[Run]:
+    with manual_stack("loyalty-cdp-profiles-") as r:
+        yield r
 
 
 class Writers:
