@@ -41,9 +41,15 @@ def programs(draw: st.DrawFn) -> Program:
             "end": start + timedelta(days=draw(st.integers(1, 60))),
             "multiplier": draw(st.sampled_from(["1.5", "2", "3", "0.5"])),
         })
+    lot_days, lead = draw(st.sampled_from([(365, 30), (365, 30), (100, 10), (30, 0)]))
     return Program.model_validate({
         "campaigns": campaigns,
-        "tier_hold_days": draw(st.sampled_from([365, 365, 180, 30])),
+        "tier_hold_days": draw(st.sampled_from([365, 365, 180, 30, 0])),
+        "qualification_window_days": draw(st.sampled_from([365, 365, 90])),
+        "expiry": {"lot_days": lot_days, "notice_lead_days": lead},
+        "lapse": {"min_purchases": draw(st.sampled_from([3, 2])),
+                  "gap_factor": draw(st.sampled_from(["2", "1.5"])),
+                  "floor_days": draw(st.sampled_from([21, 1]))},
     })
 
 
