@@ -6,7 +6,11 @@ Usage in a test module: ``pytest_plugins = ["tests.pg_support"]`` and request ``
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -15,14 +19,30 @@ from app.stack import postgres
 from app.stack.ports import free_port
 
 
-@pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data_dir = tmp_path_factory.mktemp("state") / "postgres"
-    dsn = postgres.start(data_dir, free_port())  # no binaries -> error, never a skip
+@contextmanager
+def private_dir(prefix: str) -> Iterator[Path]:
+    """A temp dir outside pytest's basetemp, removed afterwards.
+
+    A PostgreSQL data dir must not live under pytest's basetemp: another pytest session
+    starting on the machine resets that tree to mode 0700, locking the server (which runs as
+    an unprivileged user) out of its own data directory.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        yield dsn
+        yield path
     finally:
-        postgres.stop(data_dir)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    with private_dir("loyalty-cdp-pg-") as root:
+        data_dir = root / "postgres"
+        dsn = postgres.start(data_dir, free_port())  # no binaries -> error, never a skip
+        try:
+            yield dsn
+        finally:
+            postgres.stop(data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 
-from app.db.migrate import DATABASES, current_revision, upgrade_all
+from app.db.migrate import DATABASES, alembic_config, current_revision, upgrade_all
 from app.stack import postgres
 from app.stack.ports import free_port
+from tests.pg_support import private_dir
 
 pytestmark = pytest.mark.integration
 
@@ -85,10 +87,11 @@ def _kind(data_type: str, precision: int | None, scale: int | None, length: int 
 
 
 @pytest.fixture()
-def data_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
-    path = tmp_path / "state" / "postgres"
-    yield path
-    postgres.stop(path)
+def data_dir():  # type: ignore[no-untyped-def]
+    with private_dir("loyalty-cdp-pgtest-") as root:
+        path = root / "state" / "postgres"
+        yield path
+        postgres.stop(path)
 
 
 def test_lifecycle_schema_and_durability(data_dir: Path) -> None:
@@ -117,7 +120,9 @@ def test_lifecycle_schema_and_durability(data_dir: Path) -> None:
     assert upgrade_all(admin) == dsns  # idempotent
     assert sorted(dsns) == sorted(DATABASES)
     for db, dsn in dsns.items():
-        assert current_revision(dsn) == f"{db}_0001"
+        head = ScriptDirectory.from_config(alembic_config(db, dsn)).get_current_head()
+        assert head is not None and head.startswith(f"{db}_")
+        assert current_revision(dsn) == head
 
     for db, tables in SPEC_TABLES.items():
         with psycopg.connect(dsns[db]) as conn:
