@@ -32,6 +32,7 @@ from app.domain.milestones import crossings
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     ConsentChanged,
+    Identifier,
     MemberEnrolled,
     PointsRedeemed,
     PurchaseCompleted,
@@ -85,6 +86,7 @@ class Fold:
         "enrolled_at",
         "events",
         "holds",
+        "identifiers",
         "lapse_due",
         "lapse_first",
         "lapse_last",
@@ -127,6 +129,7 @@ class Fold:
         self.qualifying = 0
         self.tier = 0
         self.holds: dict[int, tuple[datetime, str]] = {}
+        self.identifiers: set[Identifier] = set()  # every identifier the cluster linked
         self.lifetime = 0
         self.purchase_count = 0
         self.last_purchase_at: datetime | None = None
@@ -209,6 +212,7 @@ class Fold:
         t = r.occurred_at
         self.advance(t)
         if r.identifiers:  # before the record's own events, so they carry the member id
+            self.identifiers.update(r.identifiers)
             self.member_id = smallest_member_no(r.identifiers, self.member_id)
         if isinstance(r, PurchaseCompleted):
             self._purchase(r, t)

@@ -17,7 +17,8 @@ row). The history is the source of truth; the fold is a cache of "history folded
 
 Duplicates (same record id, same content) change nothing and return no events.
 ``purchase.line`` and ``engagement.recorded`` records do not affect loyalty state and are
-not stored (decisioning keeps its own view of them).
+not stored (decisioning keeps its own view of them), except as an identity link when they
+bring an identifier the cluster did not know.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app.domain.milestones import next_milestone_gap
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     EngagementRecorded,
+    IdentityLinked,
     InvalidRecord,
     PurchaseCompleted,
     PurchaseLine,
@@ -115,7 +117,11 @@ class MemberState:
     def add(self, r: Record) -> list[LoyaltyEvent]:
         """Add one record; returns the loyalty events not emitted before (see module doc)."""
         if isinstance(r, _NOT_STORED):
-            return []
+            # lines and engagement do not move loyalty state; only an identifier the
+            # cluster did not know yet is kept (as an identity link), for the export
+            if not r.identifiers or self._fold.identifiers.issuperset(r.identifiers):
+                return []
+            r = IdentityLinked(r.record_id, r.source, r.table, r.pk, r.occurred_at, r.identifiers)
         key = r.sort_key()
         last = self._last_key
         fold = self._fold
@@ -212,13 +218,9 @@ class MemberState:
         f = self._fold
         if as_of is not None and as_of != f.as_of:
             f = self.refold(as_of, collect=False)
-        records = self.records
-        if as_of is not None and records and records[-1].occurred_at > as_of:
-            records = [r for r in records if r.occurred_at <= as_of]
-        idents = {i.key for r in records for i in r.identifiers}
+        idents = {i.key for i in f.identifiers}
         nos = sorted(
-            {i.value for r in records for i in r.identifiers if i.type == "member_no"},
-            key=member_no_order,
+            {i.value for i in f.identifiers if i.type == "member_no"}, key=member_no_order
         )
         enrolled = f.enrolled_at is not None
         return {

@@ -93,3 +93,18 @@ def test_events_are_json_and_carry_member_and_cause() -> None:
     notice = s.advance_to(at(400))
     assert {e.type for e in notice} >= {"points_expiring", "points_expired", "tier_downgraded"}
     assert orjson.dumps([e.to_dict() for e in notice])
+
+
+def test_engagement_is_not_stored_unless_it_brings_a_new_identifier() -> None:
+    from app.domain.records import EngagementRecorded, Identifier
+
+    s = state()
+    n = len(s.records)
+    seen = EngagementRecorded("app.app_events:E1", "app", "app_events", "E1", at(3),
+                              (Identifier("customer_id", "c1"),), "view", "sku1")
+    assert s.add(seen) == [] and len(s.records) == n
+    new = EngagementRecorded("app.app_events:E2", "app", "app_events", "E2", at(4),
+                             (Identifier("user_id", "u1"),), "view", None)
+    assert s.add(new) == [] and len(s.records) == n + 1
+    assert "user_id:u1" in s.snapshot()["identifiers"]
+    assert MemberState.from_bytes(P, s.to_bytes()).snapshot() == s.snapshot()
