@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -44,6 +44,15 @@ from streams.store import Store
 from streams.topics import DLQ, PROFILES, partition_of
 
 __all__ = ["ProfileStage", "encode_tick"]
+
+
+#: The wall clock runs this far behind now. A state advanced to time T treats a record with
+#: an earlier event time as late (exact, but a refold of the member's history); records
+#: usually reach the profile stage well within a few seconds of their event time, so keeping
+#: the states this far behind keeps them on the cheap in-order path. Time-driven effects
+#: (expiry, downgrades, lapse risk) still fire at their exact effective times, just up to
+#: this long after the wall clock passed them.
+WALL_SLACK = timedelta(seconds=5)
 
 
 def encode_tick(at: datetime) -> bytes:
@@ -149,7 +158,7 @@ class ProfileStage:
                         touched.setdefault(pid, True)
             for p, at in ticks.items():
                 self.store.set_clock(conn, p, at)
-            target = self.store.clock(conn) if self.manual else self.now()
+            target = self.store.clock(conn) if self.manual else self.now() - WALL_SLACK
             changed, gone, db_versions = self._refresh(conn, touched, events, rejected)
             # A tick re-snapshots every profile of its partitions (their as_of moves to the
             # tick); the wall-clock timer writes only profiles that an effect changed.
