@@ -1,4 +1,4 @@
-"""Exactly-once publication of loyalty events through a transactional outbox.
+"""Exactly-once publication through a transactional outbox (loyalty events, offers).
 
 A stage inserts its events into ``loyalty_outbox`` in the same transaction as the state they
 come from, keyed by the event's deterministic id: a refold after a crash, a restart or a
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,7 +29,11 @@ from streams.producer import BatchProducer
 from streams.store import Store
 from streams.topics import LOYALTY
 
-__all__ = ["Outbox", "OutboxRow"]
+__all__ = ["NewRow", "Outbox", "OutboxRow"]
+
+
+def _loyalty_topic(_type: str) -> str:
+    return LOYALTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,62 +42,101 @@ class OutboxRow:
     event_id: str
     key: str
     payload: bytes
+    topic: str = LOYALTY
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """A message to insert: deterministic id, owning partition, profile, type, key, bytes."""
+
+    event_id: str
+    partition: int
+    profile_id: str
+    type: str
+    key: str
+    payload: bytes
 
 
 class Outbox:
-    def __init__(self, store: Store, out: BatchProducer, bootstrap: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        out: BatchProducer,
+        bootstrap: str,
+        *,
+        table: str = "loyalty_outbox",
+        topic_of: Callable[[str], str] = _loyalty_topic,
+    ) -> None:
         self.store = store
         self.out = out
         self.bootstrap = bootstrap
+        self.table = table  # a constant of the code, never input
+        self.topic_of = topic_of
         self.published = 0
 
-    @staticmethod
     def add(
-        conn: Connection, events: Sequence[LoyaltyEvent], partition_of: dict[str, int]
+        self, conn: Connection, events: Sequence[LoyaltyEvent], partition_of: dict[str, int]
     ) -> list[OutboxRow]:
         """Insert events not emitted before; returns the new rows (to publish after commit)."""
-        if not events:
+        return self.insert(
+            conn,
+            [
+                NewRow(e.id, partition_of[e.profile_id], e.profile_id, e.type, event_key(e),
+                       encode(e))
+                for e in events
+            ],
+        )
+
+    def insert(self, conn: Connection, new: Sequence[NewRow]) -> list[OutboxRow]:
+        """Insert rows whose id is new; returns them (to publish after commit)."""
+        if not new:
             return []
-        uniq = {e.id: e for e in events}
+        uniq = {r.event_id: r for r in new}
         rows = conn.execute(
             text(
-                "INSERT INTO loyalty_outbox (event_id, partition, profile_id, type, key, payload)"
+                f"INSERT INTO {self.table} (event_id, partition, profile_id, type, key, payload)"
                 " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:parts AS int[]),"
                 " CAST(:pids AS text[]), CAST(:types AS text[]), CAST(:keys AS text[]),"
                 " CAST(:payloads AS bytea[]))"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload, type"
             ),
             {
                 "ids": list(uniq),
-                "parts": [partition_of[e.profile_id] for e in uniq.values()],
-                "pids": [e.profile_id for e in uniq.values()],
-                "types": [e.type for e in uniq.values()],
-                "keys": [event_key(e) for e in uniq.values()],
-                "payloads": [encode(e) for e in uniq.values()],
+                "parts": [r.partition for r in uniq.values()],
+                "pids": [r.profile_id for r in uniq.values()],
+                "types": [r.type for r in uniq.values()],
+                "keys": [r.key for r in uniq.values()],
+                "payloads": [r.payload for r in uniq.values()],
             },
         )
-        return sorted((OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows), key=lambda r: r.seq)
+        return sorted(
+            (OutboxRow(r[0], r[1], r[2], bytes(r[3]), self.topic_of(r[4])) for r in rows),
+            key=lambda r: r.seq,
+        )
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Produce, wait for every acknowledgement, then mark the rows published."""
         if not rows:
             return
         for r in rows:
-            self.out.send(LOYALTY, r.payload, r.key.encode())
+            self.out.send(r.topic, r.payload, r.key.encode())
         self.out.flush_sync()
+        self._mark(rows)
+        self.published += len(rows)
+
+    def _mark(self, rows: Sequence[OutboxRow]) -> None:
         with self.store.tx() as conn:
             conn.execute(
-                text("UPDATE loyalty_outbox SET published_at = now() WHERE seq = ANY(:s)"),
+                text(f"UPDATE {self.table} SET published_at = now() WHERE seq = ANY(:s)"),
                 {"s": [r.seq for r in rows]},
             )
-        self.published += len(rows)
 
     def reconcile(self, partitions: Sequence[int]) -> int:
         """Publish the unmarked rows of ``partitions`` that are not on the topic yet."""
         with self.store.tx() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT seq, event_id, key, payload, created_at FROM loyalty_outbox"
+                    f"SELECT seq, event_id, key, payload, created_at, type FROM {self.table}"
                     " WHERE published_at IS NULL AND partition = ANY(:p) ORDER BY seq"
                 ),
                 {"p": list(partitions)},
@@ -101,19 +144,18 @@ class Outbox:
         if not rows:
             return 0
         since = min(r[4] for r in rows) - timedelta(seconds=60)
-        on_topic = self._ids_on_topic(int(since.timestamp() * 1000))
-        missing = [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows if r[1] not in on_topic]
-        present = [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows if r[1] in on_topic]
+        unmarked = [OutboxRow(r[0], r[1], r[2], bytes(r[3]), self.topic_of(r[5])) for r in rows]
+        on_topic: set[str] = set()
+        for topic in sorted({r.topic for r in unmarked}):
+            on_topic |= self._ids_on_topic(int(since.timestamp() * 1000), topic)
+        missing = [r for r in unmarked if r.event_id not in on_topic]
+        present = [r for r in unmarked if r.event_id in on_topic]
         self.publish(missing)
         if present:
-            with self.store.tx() as conn:
-                conn.execute(
-                    text("UPDATE loyalty_outbox SET published_at = now() WHERE seq = ANY(:s)"),
-                    {"s": [r.seq for r in present]},
-                )
+            self._mark(present)
         return len(missing)
 
-    def _ids_on_topic(self, since_ms: int) -> set[str]:
+    def _ids_on_topic(self, since_ms: int, topic: str = LOYALTY) -> set[str]:
         import orjson
 
         c = Consumer(
@@ -125,15 +167,15 @@ class Outbox:
             }
         )
         try:
-            md = c.list_topics(LOYALTY, timeout=10)
-            parts = [TopicPartition(LOYALTY, p, since_ms) for p in md.topics[LOYALTY].partitions]
+            md = c.list_topics(topic, timeout=10)
+            parts = [TopicPartition(topic, p, since_ms) for p in md.topics[topic].partitions]
             starts = c.offsets_for_times(parts, timeout=10)
             ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in starts}
             todo = {
                 tp.partition for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]
             }
             assign = [
-                TopicPartition(LOYALTY, tp.partition, tp.offset)
+                TopicPartition(topic, tp.partition, tp.offset)
                 for tp in starts
                 if tp.partition in todo
             ]

@@ -27,6 +27,7 @@ from app.stack.state import StackPaths
 from streams.api import register_api
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
+from streams.decisioning import register_decisioning
 from streams.identity import IdentityStage
 from streams.metrics import register_metrics
 from streams.outbox import Outbox
@@ -63,6 +64,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     identity = IdentityStage(program, store, out, outbox, partitions)
     profiles = ProfileStage(program, store, out, outbox, partitions, clock=cfg.clock)
     register_stages(app, identity, profiles)
+    register_decisioning(app, cfg.broker, cfg.clock, program, store, out)
     register_api(app, store)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 
