@@ -259,17 +259,16 @@ class Fold:
         win_end = self.program.window
         while self.window and self.window[0].at + win_end <= d:
             p = self.window.popleft()
-            if p.in_window:
-                p.in_window = False
-                self.qualifying -= p.amount - p.refunded
-                if cause is None:
-                    cause, reason = p.record_id, "window_exit"
+            p.in_window = False
+            net = p.amount - p.refunded
+            self.qualifying -= net
+            if cause is None and net:  # a fully refunded purchase leaving changes nothing
+                cause, reason = p.record_id, "window_exit"
         holds = self.holds
-        for level, (until, hold_cause) in sorted(holds.items()) if len(holds) > 1 else [
-            *holds.items()
-        ]:
+        for level in sorted(holds):
+            until, hold_cause = holds[level]
             if until <= d:
-                del self.holds[level]
+                del holds[level]
                 if cause is None:
                     cause, reason = hold_cause, "hold_expired"
         if cause is not None:

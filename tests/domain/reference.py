@@ -162,7 +162,8 @@ class Reference:
         for p in self.purchases:
             if p.enrolled and not p.exited and p.at + self.window <= d:
                 p.exited = True
-                cause = cause or p.rid
+                if p.amount > sum(a for _, a in p.refunds):
+                    cause = cause or p.rid
         for h in sorted(self.holds):
             if h[1] <= d:
                 self.holds.remove(h)
