@@ -43,7 +43,8 @@ class ValueSpec(_Strict):
     Exactly one source: ``column`` (after image), ``const``, ``template``
     (``"web:{order_id}#{refunded_amount:cents}"``), ``delta`` (after − before of an amount
     column, in cents; a missing before image counts as 0), ``digest`` (a short sha256 of
-    columns' values: a content version without PII) or ``object`` (nested fields).
+    columns' values, each ``column`` or ``column:conversion``: a content version without
+    PII) or ``object`` (nested fields).
     """
 
     column: str | None = Field(default=None, pattern=_NAME)
@@ -83,6 +84,12 @@ class ValueSpec(_Strict):
                     raise ValueError(f"bad column name {m.group(1)!r} in template")
                 if m.group(2) not in (None, "string", "int", "cents", "timestamp"):
                     raise ValueError(f"unknown conversion {m.group(2)!r} in template")
+        for entry in self.digest or ():
+            name, _, conv = entry.partition(":")
+            if not re.match(_NAME, name):
+                raise ValueError(f"bad column name {name!r} in digest")
+            if conv not in ("", "string", "int", "cents", "timestamp", "bool"):
+                raise ValueError(f"unknown conversion {conv!r} in digest")
         if self.min is not None and self.as_ not in ("int", "cents"):
             raise ValueError("min applies only with as: int or as: cents")
         return self

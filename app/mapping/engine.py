@@ -96,11 +96,19 @@ def compile_value(spec: ValueSpec) -> Getter:
     if spec.delta is not None:
         return _compile_delta(spec.delta)
     if spec.digest is not None:
-        cols = list(spec.digest)
+        # "column" or "column:converter" (e.g. "updated_at:timestamp"): converted values make
+        # the digest independent of how a value is spelled (timestamp formats).
+        cols = [
+            (name, CONVERTERS[conv] if conv else None)
+            for name, _, conv in (c.partition(":") for c in spec.digest)
+        ]
 
         def get_digest(after: Row, before: Row | None) -> str:
-            raw = orjson.dumps([_column_value(after, c) for c in cols])
-            return sha256(raw).hexdigest()[:16]
+            vals = []
+            for name, conv in cols:
+                v = _column_value(after, name)
+                vals.append(v if conv is None or v is None else conv(v, name))
+            return sha256(orjson.dumps(vals)).hexdigest()[:16]
 
         return get_digest
     const = spec.const

@@ -29,6 +29,11 @@ def _id(source: str, table: str, pk: str, version: str, type_: str) -> str:
     return hashlib.sha256(f"{source}|{table}|{pk}|{version}|{type_}".encode()).hexdigest()[:32]
 
 
+def _digest(*values: Any) -> str:
+    """Version of a row-content digest rule (``version: {digest: [...]}`` in the mapping)."""
+    return hashlib.sha256(orjson.dumps(list(values))).hexdigest()[:16]
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict[str, Any]]:
     # Not under pytest's basetemp: a concurrent pytest session resets its permissions, which
@@ -190,21 +195,21 @@ EXPECTED: list[tuple[str, str, str, dict[str, Any], str]] = [
                 {"type": "phone", "value": "5550101"},
             ]
         },
-        "2026-01-10T08:00:00.000000Z",
+        _digest("2026-01-10T08:00:00.000000Z", " Ann@Example.COM ", "555-0101", None),
     ),
     (
         "cdp.consent.changed",
         "web.customers:W1",
         "2026-01-10T08:00:00.000000Z",
         {"consent": {"email_opt_in": True, "sms_consent": False, "admt_opt_out": False}},
-        "2026-01-10T08:00:00.000000Z",
+        _digest("2026-01-10T08:00:00.000000Z", True, False, False),
     ),
     (
         "cdp.consent.changed",
         "web.customers:W1",
         "2026-02-13T09:00:00.000000Z",
         {"consent": {"email_opt_in": False, "sms_consent": False, "admt_opt_out": False}},
-        "2026-02-13T09:00:00.000000Z",
+        _digest("2026-02-13T09:00:00.000000Z", False, False, False),
     ),
     (
         "cdp.member.enrolled",
@@ -244,14 +249,14 @@ EXPECTED: list[tuple[str, str, str, dict[str, Any], str]] = [
                 {"type": "email", "value": "ann@example.com"},
             ]
         },
-        "2026-01-20T07:00:00.000000Z",
+        _digest("2026-01-20T07:00:00.000000Z", "ann@example.com", None, None),
     ),
     (
         "cdp.consent.changed",
         "app.users:U1",
         "2026-01-20T07:00:00.000000Z",
         {"consent": {"push_opt_in": True, "push_token": True}},
-        "2026-01-20T07:00:00.000000Z",
+        _digest("2026-01-20T07:00:00.000000Z", True, "tok-secret"),
     ),
     (
         "cdp.identity.linked",
@@ -264,7 +269,7 @@ EXPECTED: list[tuple[str, str, str, dict[str, Any], str]] = [
                 {"type": "member_no", "value": "M300"},
             ]
         },
-        "2026-01-21T07:00:00.000000Z",
+        _digest("2026-01-21T07:00:00.000000Z", "ann@example.com", None, "M300"),
     ),
     (
         "cdp.member.enrolled",
