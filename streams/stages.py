@@ -22,7 +22,7 @@ from streams.topics import CANONICAL, RESOLVED
 log = logging.getLogger("loyalty_cdp.stages")
 
 BATCH = 5000
-WITHIN_S = 0.05
+WITHIN_S = 0.2
 
 
 def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
