@@ -16,6 +16,7 @@ amounts integer cents, times aware UTC datetimes.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from copy import copy
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from hashlib import blake2b
 from typing import Any
 
-from app.domain.events import LoyaltyEvent, event_id_at
-from app.domain.lapse import lapse_deadline
+from app.domain.events import LoyaltyEvent
 from app.domain.ledger import Ledger, Lot
 from app.domain.milestones import crossings
 from app.domain.program import CompiledProgram
@@ -40,10 +41,12 @@ from app.domain.records import (
     Record,
     smallest_member_no,
 )
-from app.domain.tiers import campaign_index, spend_tier
+from app.domain.tiers import campaign_index
 
 FAR = datetime.max.replace(tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
+_US = timedelta(microseconds=1)
+_new_event = tuple.__new__  # LoyaltyEvent without the NamedTuple __new__ frame
 CONSENT_DEFAULTS = {
     "email_opt_in": False,
     "sms_consent": False,
@@ -78,7 +81,6 @@ class Fold:
         "_iso",
         "_iso_at",
         "_last_purchase_record",
-        "_mult_cache",
         "_next_due",
         "as_of",
         "consent",
@@ -142,28 +144,38 @@ class Fold:
         self._iso_at: datetime | None = None
         self._iso = ""
         self._next_due = FAR  # never later than the true next due time
-        self._mult_cache: dict[tuple[int, int], tuple[Fraction, str]] = {}
 
     # -- events -------------------------------------------------------------------------
+
+    def _on(self, at: datetime) -> bool:
+        """Whether events effective at ``at`` are built (quiet folds build none)."""
+        return self.events is not None and (self.emit_since is None or at >= self.emit_since)
 
     def _emit(
         self, type_: str, at: datetime, cause: str, disc: str, data: dict[str, Any]
     ) -> None:
-        events = self.events
-        if events is None or (self.emit_since is not None and at < self.emit_since):
-            return
-        data["balance"] = self.ledger.balance
+        """Append one event; the caller checked :meth:`_on`. The id is
+        ``blake2b-128(type|at.isoformat()|cause|disc)`` (see events.event_id)."""
+        led = self.ledger
+        data["balance"] = led.total - led.debt
         if at is not self._iso_at:  # several events share an instant: spell it once
             self._iso_at, self._iso = at, at.isoformat()
+        events = self.events
+        assert events is not None
         events.append(
-            LoyaltyEvent(
-                event_id_at(type_, self._iso, cause, disc),
-                type_,
-                self.profile_id,
-                self.member_id,
-                at,
-                cause,
-                data,
+            _new_event(
+                LoyaltyEvent,
+                (
+                    blake2b(
+                        f"{type_}|{self._iso}|{cause}|{disc}".encode(), digest_size=16
+                    ).hexdigest(),
+                    type_,
+                    self.profile_id,
+                    self.member_id,
+                    at,
+                    cause,
+                    data,
+                ),
             )
         )
 
@@ -223,12 +235,14 @@ class Fold:
         elif isinstance(r, MemberEnrolled):
             if self.enrolled_at is None:
                 self.enrolled_at = t
-                self._emit("member_enrolled", t, r.record_id, "", {"member_no": r.member_no})
+                if self._on(t):
+                    self._emit("member_enrolled", t, r.record_id, "", {"member_no": r.member_no})
         elif isinstance(r, ConsentChanged):
             changed = {k: v for k, v in r.consent if self.consent[k] != v}
             if changed:
                 self.consent.update(changed)
-                self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
+                if self._on(t):
+                    self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
 
     # -- time-driven effects ------------------------------------------------------------
 
@@ -256,50 +270,58 @@ class Fold:
     def _effects_at(self, d: datetime) -> None:
         cause: str | None = None
         reason = ""
-        win_end = self.program.window
-        while self.window and self.window[0].at + win_end <= d:
-            p = self.window.popleft()
-            p.in_window = False
-            net = p.amount - p.refunded
-            self.qualifying -= net
-            if cause is None and net:  # a fully refunded purchase leaving changes nothing
-                cause, reason = p.record_id, "window_exit"
+        window = self.window
+        if window:
+            win = self.program.window
+            while window and window[0].at + win <= d:
+                p = window.popleft()
+                p.in_window = False
+                net = p.amount - p.refunded
+                self.qualifying -= net
+                if cause is None and net:  # a fully refunded purchase leaving changes nothing
+                    cause, reason = p.record_id, "window_exit"
         holds = self.holds
-        for level in sorted(holds):
-            until, hold_cause = holds[level]
-            if until <= d:
-                del holds[level]
-                if cause is None:
-                    cause, reason = hold_cause, "hold_expired"
+        if holds:
+            for level in sorted(holds):
+                until, hold_cause = holds[level]
+                if until <= d:
+                    del holds[level]
+                    if cause is None:
+                        cause, reason = hold_cause, "hold_expired"
         if cause is not None:
             self._retier(d, cause, reason)
-        for lot, amount in self.ledger.expire(d):
-            self._emit(
-                "points_expired", d, lot.cause, lot.purchase_id,
-                {"points": amount, "earned_at": lot.earned_at},
-            )
-        for lot in self.ledger.due_notices(d):
-            self._emit(
-                "points_expiring", d, lot.cause, lot.purchase_id,
-                {"points": lot.remaining, "expires_at": lot.expires_at},
-            )
+        on = self._on(d)
+        ledger = self.ledger
+        for lot, amount in ledger.expire(d):
+            if on:
+                self._emit(
+                    "points_expired", d, lot.cause, lot.purchase_id,
+                    {"points": amount, "earned_at": lot.earned_at},
+                )
+        for lot in ledger.due_notices(d):
+            if on:
+                self._emit(
+                    "points_expiring", d, lot.cause, lot.purchase_id,
+                    {"points": lot.remaining, "expires_at": lot.expires_at},
+                )
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
             self.lapse_risk = True
             last, first, n = self.lapse_last, self.lapse_first, self.lapse_n
             assert last is not None and first is not None
-            self._emit(
-                "lapse_risk", d, self._last_purchase_record, "",
-                {
-                    "purchases": n,
-                    "last_purchase_at": last,
-                    "mean_gap_seconds": (last - first) // _SECOND // (n - 1),
-                },
-            )
+            if on:
+                self._emit(
+                    "lapse_risk", d, self._last_purchase_record, "",
+                    {
+                        "purchases": n,
+                        "last_purchase_at": last,
+                        "mean_gap_seconds": (last - first) // _SECOND // (n - 1),
+                    },
+                )
 
     # -- tiers --------------------------------------------------------------------------
 
     def _effective_tier(self) -> int:
-        st = spend_tier(self.program, self.qualifying)
+        st = max(0, bisect_right(self.program.tier_thresholds, self.qualifying) - 1)
         if self.holds:
             return max(st, max(self.holds))
         return st
@@ -310,6 +332,8 @@ class Fold:
         if new == old:
             return
         self.tier = new
+        if not self._on(at):
+            return
         names = self.program.tier_names
         self._emit(
             "tier_upgraded" if new > old else "tier_downgraded", at, cause, names[new],
@@ -323,20 +347,27 @@ class Fold:
 
     # -- records ------------------------------------------------------------------------
 
-    def _multiplier(self, tier: int, at: datetime) -> tuple[Fraction, str]:
-        ci = campaign_index(self.program, at) if self.program.campaigns else -1
+    def _mult(self, tier: int, at: datetime) -> tuple[int, int, str]:
+        """Earn multiplier (rate x tier x campaign) as integer numerator, denominator and
+        text, cached on the program per (tier, campaign)."""
+        prog = self.program
+        ci = campaign_index(prog, at) if prog.campaigns else -1
         key = (tier, ci)
-        hit = self._mult_cache.get(key)
+        hit = prog.mult_cache.get(key)
         if hit is None:
-            camp = Fraction(1) if ci < 0 else self.program.campaigns[ci][2]
-            m = self.program.earn_rate * self.program.tier_multipliers[tier] * camp
-            hit = (m, _fraction_text(m))
-            self._mult_cache[key] = hit
+            camp = Fraction(1) if ci < 0 else prog.campaigns[ci][2]
+            m = prog.earn_rate * prog.tier_multipliers[tier] * camp
+            hit = prog.mult_cache[key] = (m.numerator, m.denominator, _fraction_text(m))
         return hit
+
+    def _multiplier(self, tier: int, at: datetime) -> tuple[Fraction, str]:
+        num, den, text = self._mult(tier, at)
+        return Fraction(num, den), text
 
     def _purchase(self, r: PurchaseCompleted, t: datetime) -> None:
         a = r.amount_cents
-        p = Purchase(r.record_id, t, a)
+        rid = r.record_id
+        p = Purchase(rid, t, a)
         self.purchases[r.purchase_id] = p
         self.lifetime += a
         self.purchase_count += 1
@@ -347,55 +378,68 @@ class Fold:
         prog = self.program
         p.enrolled = p.in_window = True
         self.window.append(p)
-        rid = r.record_id
-        tier_before = self.tier
-        mult, mult_text = self._multiplier(tier_before, t)
-        pts = (a // 100) * mult.numerator // mult.denominator
+        on = self._on(t)
+        num, den, mult_text = self._mult(self.tier, t)
+        pts = (a // 100) * num // den
         p.points = pts
         led = self.ledger
-        b_before = led.balance
+        b_before = led.total - led.debt
         if pts:
             expires = t + prog.lot_life
             lot = Lot(r.purchase_id, rid, t, expires, expires - prog.notice_lead, pts)
             repaid = led.earn(lot)
-            self._emit(
-                "points_earned", t, rid, "",
-                {"points": pts, "amount_cents": a, "multiplier": mult_text,
-                 "debt_repaid": repaid, "purchase_id": r.purchase_id},
-            )
+            if on:
+                self._emit(
+                    "points_earned", t, rid, "",
+                    {"points": pts, "amount_cents": a, "multiplier": mult_text,
+                     "debt_repaid": repaid, "purchase_id": r.purchase_id},
+                )
         q_before = self.qualifying
         q = self.qualifying = q_before + a
-        st_before, st_after = spend_tier(prog, q_before), spend_tier(prog, q)
+        thresholds = prog.tier_thresholds
+        st_before = max(0, bisect_right(thresholds, q_before) - 1)
+        st_after = max(0, bisect_right(thresholds, q) - 1)
         if st_after > st_before:
             until = t + prog.hold
             for level in range(st_before + 1, st_after + 1):
                 self.holds[level] = (until, rid)
         self._retier(t, rid, "purchase")
         nxt = self.tier + 1
-        if nxt < len(prog.tier_thresholds):
-            top = prog.tier_thresholds[nxt]
+        if on and nxt < len(thresholds):
+            top = thresholds[nxt]
             if q_before < prog.tier_approach_lo[nxt] <= q < top:
                 self._emit(
                     "tier_approaching", t, rid, prog.tier_names[nxt],
                     {"qualifying_spend_cents": q, "next_tier": prog.tier_names[nxt],
                      "gap_cents": top - q},
                 )
-        if pts:
-            for kind, m in crossings(prog, b_before, led.balance):
+        if pts and on:
+            b_after = led.total - led.debt
+            for kind, m in crossings(prog, b_before, b_after):
                 self._emit(kind, t, rid, str(m),
-                           {"milestone": m, "gap_points": max(0, m - led.balance)})
-        # lapse clock: purchases made while enrolled
-        self.lapse_n += 1
-        if self.lapse_first is None:
-            self.lapse_first = t
+                           {"milestone": m, "gap_points": max(0, m - b_after)})
+        # lapse clock: purchases made while enrolled (lapse.lapse_deadline, inlined)
+        n = self.lapse_n = self.lapse_n + 1
+        first = self.lapse_first
+        if first is None:
+            first = self.lapse_first = t
         self.lapse_last = t
         self._last_purchase_record = rid
-        due = lapse_deadline(prog, self.lapse_first, t, self.lapse_n)
-        self.lapse_due = due
         # keep _next_due a lower bound of every pending effect
-        notice = t + prog.lot_life - prog.notice_lead
-        nd = min(self._next_due, t + prog.window, t + prog.hold, notice)
-        self._next_due = nd if due is None else min(nd, due)
+        nd = t + prog.first_due
+        if nd > self._next_due:
+            nd = self._next_due
+        if n < prog.lapse_min_purchases:
+            self.lapse_due = None
+        else:
+            num = prog.lapse_num * ((t - first) // _US)
+            den = prog.lapse_den * (n - 1)
+            due = self.lapse_due = t + timedelta(
+                microseconds=max(-((-num) // den), prog.lapse_floor_us)
+            )
+            if due < nd:
+                nd = due
+        self._next_due = nd
 
     def _refund(self, r: PurchaseRefunded, t: datetime) -> None:
         p = self.purchases[r.purchase_id]
@@ -411,17 +455,20 @@ class Fold:
         p.reversed = rev
         if inc:
             to_debt = self.ledger.claw(inc, r.purchase_id)
-            self._emit(
-                "points_reversed", t, r.record_id, "",
-                {"points": inc, "refund_cents": dr, "purchase_id": r.purchase_id,
-                 "to_debt": to_debt},
-            )
+            if self._on(t):
+                self._emit(
+                    "points_reversed", t, r.record_id, "",
+                    {"points": inc, "refund_cents": dr, "purchase_id": r.purchase_id,
+                     "to_debt": to_debt},
+                )
         if p.in_window:
             self.qualifying -= dr
             self._retier(t, r.record_id, "refund")
 
     def _redeem(self, r: PointsRedeemed, t: datetime) -> None:
         short = self.ledger.redeem(r.points)
+        if not self._on(t):
+            return
         self._emit("points_redeemed", t, r.record_id, "",
                    {"points": r.points, "redemption_id": r.redemption_id})
         if short:

@@ -21,7 +21,6 @@ def lapse_deadline(
     if n < program.lapse_min_purchases:
         return None
     span = (last - first) // _US
-    f = program.lapse_factor
-    num, den = f.numerator * span, f.denominator * (n - 1)
-    gap = timedelta(microseconds=-((-num) // den))
-    return last + max(gap, program.lapse_floor)
+    num, den = program.lapse_num * span, program.lapse_den * (n - 1)
+    # max(ceil(num / den) µs, floor) in integers: the same instant as the timedelta form
+    return last + timedelta(microseconds=max(-((-num) // den), program.lapse_floor_us))

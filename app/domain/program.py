@@ -10,7 +10,7 @@ Multipliers and ratios are parsed as :class:`~decimal.Decimal` (a YAML ``1.25`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -211,6 +211,27 @@ class CompiledProgram:
     lapse_floor: timedelta
     merging: frozenset[str]
     currencies: frozenset[str]
+    # derived in __post_init__ (hot-path constants of the fold; not part of equality)
+    first_due: timedelta = field(init=False, compare=False, repr=False)
+    notice_offset: timedelta = field(init=False, compare=False, repr=False)
+    lapse_num: int = field(init=False, compare=False, repr=False)
+    lapse_den: int = field(init=False, compare=False, repr=False)
+    lapse_floor_us: int = field(init=False, compare=False, repr=False)
+    # (tier, campaign index) -> (numerator, denominator, text) of the earn multiplier
+    mult_cache: dict[tuple[int, int], tuple[int, int, str]] = field(
+        init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        notice_offset = self.lot_life - self.notice_lead
+        put = object.__setattr__
+        put(self, "notice_offset", notice_offset)
+        # the earliest effect a purchase can schedule: window exit, hold end, notice
+        put(self, "first_due", min(self.window, self.hold, notice_offset))
+        put(self, "lapse_num", self.lapse_factor.numerator)
+        put(self, "lapse_den", self.lapse_factor.denominator)
+        put(self, "lapse_floor_us", self.lapse_floor // timedelta(microseconds=1))
+        put(self, "mult_cache", {})
 
 
 def _ceil(x: Fraction) -> int:

@@ -68,13 +68,12 @@ def _time(dt: datetime | None) -> str | None:
 class MemberState:
     """History + derived state of one cluster. Not thread-safe; one owner (its partition)."""
 
-    __slots__ = ("_fold", "_last_key", "profile_id", "program", "records")
+    __slots__ = ("_fold", "profile_id", "program", "records")
 
     def __init__(self, program: CompiledProgram, profile_id: str) -> None:
         self.program = program
         self.profile_id = profile_id
         self.records: list[Record] = []  # fold order
-        self._last_key: tuple[datetime, int, str, str, str, str] | None = None
         self._fold = Fold(program, profile_id, None)
 
     # -- reading ------------------------------------------------------------------------
@@ -122,16 +121,23 @@ class MemberState:
             if not r.identifiers or self._fold.identifiers.issuperset(r.identifiers):
                 return []
             r = IdentityLinked(r.record_id, r.source, r.table, r.pk, r.occurred_at, r.identifiers)
-        key = r.sort_key()
-        last = self._last_key
+        records = self.records
         fold = self._fold
-        if (last is None or key > last) and (fold.as_of is None or r.occurred_at >= fold.as_of):
-            self._validate(r)
-            self.records.append(r)
-            self._last_key = key
-            fold.apply(r)
-            return fold.take_events()
-        pos = bisect_left(self.records, key, key=_key)
+        t = r.occurred_at
+        if fold.as_of is None or t >= fold.as_of:
+            # in order: sorts after the last record (compare whole keys only on a tie)
+            if not records:
+                ordered = True
+            else:
+                lt = records[-1].occurred_at
+                ordered = t > lt or (t == lt and r.sort_key() > records[-1].sort_key())
+            if ordered:
+                self._validate(r)
+                records.append(r)
+                fold.apply(r)
+                return fold.take_events()
+        key = r.sort_key()
+        pos = bisect_left(records, key, key=_key)
         if pos < len(self.records) and self.records[pos].record_id == r.record_id:
             if self.records[pos] == r:
                 return []
@@ -154,7 +160,6 @@ class MemberState:
         after.apply(r)
         after.run(suffix, until)
         self.records.insert(pos, r)
-        self._last_key = self.records[-1].sort_key()
         seen = {e.id for e in before.take_events()}
         out = [e for e in after.take_events() if e.id not in seen]
         after.emit_since = None
@@ -199,7 +204,6 @@ class MemberState:
                 by_id.setdefault(r.record_id, r)
         out = cls(program, profile_id)
         out.records = sorted(by_id.values(), key=_key)
-        out._last_key = out.records[-1].sort_key() if out.records else None
         times = [s.as_of for s in states if s.as_of is not None]
         until = max(times) if times else None
         seen: set[str] = set()
@@ -298,7 +302,6 @@ class MemberState:
             (record_from_data(t, data, currencies=program.currencies) for t, data in d["records"]),
             key=_key,
         )
-        out._last_key = out.records[-1].sort_key() if out.records else None
         as_of = parse_time(d["as_of"], d["profile_id"], "as_of") if d.get("as_of") else None
         fold = Fold(program, out.profile_id, None, collect=False).run(out.records, as_of)
         fold.events = []
