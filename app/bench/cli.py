@@ -29,6 +29,7 @@ def register(main_app: typer.Typer) -> None:
     group = bench_group(main_app)
     group.command("cdc")(bench_cdc)
     group.command("pipeline")(bench_pipeline)
+    group.command("api")(bench_api)
 
 
 def bench_cdc(
@@ -114,3 +115,26 @@ def bench_pipeline(
     for k, v in result.to_dict().items():
         if k != "machine":
             typer.echo(f"{k:24} {v}")
+
+
+def bench_api(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with all figures."),
+    members: int = typer.Option(500, "--members", min=1, help="Seeded card members."),
+    rate: int = typer.Option(500, "--rate", min=1, help="Steady request rate (req/s)."),
+    duration: float = typer.Option(10.0, "--duration", min=1.0, help="Seconds per phase."),
+    concurrency: int = typer.Option(32, "--concurrency", min=1, help="Saturation clients."),
+    events: int = typer.Option(5_000, "--events", min=1, help="Loyalty moments for the agent."),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir)."
+    ),
+) -> None:
+    """Measure POST /v1/decisions (p50/p99, req/s at a steady rate and at saturation) and
+    offers/s through the decisioning agent. Starts its own embedded stack."""
+    from app.bench.api import format_table, run_api_bench
+
+    console = Console(stderr=True)
+    result = run_api_bench(
+        state_dir, members=members, rate=rate, duration=duration, concurrency=concurrency,
+        events=events, say=lambda m: console.print(f"[dim]{m}[/dim]"),
+    )
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_table(result))

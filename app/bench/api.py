@@ -1,0 +1,276 @@
+"""``loyalty-cdp bench api``: the decision API and the decisioning agent on one worker.
+
+Method: a fresh embedded stack (wall clock) with ``members`` POS card members (a card and a
+recent purchase each), caught up. Then, against ``POST /v1/decisions`` on loopback (httpx,
+HTTP/1.1 keep-alive, one client process on the same 2-core box as the whole stack):
+
+* **steady**: an open loop at ``rate`` req/s for ``duration`` s; each request is sent at its
+  scheduled time and its latency counts from that time (no coordinated omission);
+* **saturation**: ``concurrency`` closed-loop clients for ``duration`` s; req/s achieved.
+
+Requests cycle over the members (by card number), 1 in 10 an unknown email, with a 2-line
+cart. Offers/s: ``events`` synthetic ``loyalty.milestone_approaching`` events (unique ids,
+for the seeded members) produced at once to ``loyalty.events``; offers/s = messages
+published on ``offers.*`` / seconds until the decision stage's committed offsets reach the
+end. Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+from confluent_kafka import Producer
+
+from app.bench.cdc import _percentile, bench_state_dir, machine_info
+from app.bench.pipeline import _end_offsets
+from app.domain.records import format_time
+from app.stack import embedded, pipeline
+from streams.store import Store
+
+Say = Callable[[str], None]
+OFFER_TOPICS = ("offers.email", "offers.sms", "offers.push", "offers.in_app")
+#: steady phase: requests beyond this many in flight are shed (counted as errors), so an
+#: overloaded server ends the phase on time instead of queueing thousands of requests
+MAX_INFLIGHT = 64
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Phase:
+    target_rps: float | None
+    achieved_rps: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass
+class ApiBenchResult:
+    members: int
+    steady: Phase
+    saturation: Phase
+    concurrency: int
+    agent_moments: int
+    agent_offers: int
+    agent_seconds: float
+    agent_offers_per_s: float
+    agent_moments_per_s: float
+    machine: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bodies(n_members: int) -> list[bytes]:
+    out = []
+    for i in range(max(n_members, 1)):
+        ident = f"card_no:BC{i}" if i % 10 else f"email:nobody{i}@example.com"
+        out.append(orjson.dumps({
+            "identifier": ident, "placement": "checkout_confirmation",
+            "cart": [{"sku": "COF-250", "qty": 2, "unit_price": "12.99"},
+                     {"sku": "X-1", "qty": 1, "unit_price": 45}],
+        }))
+    return out
+
+
+def _phase(lat: list[float], errors: int, elapsed: float, target: float | None) -> Phase:
+    lat.sort()
+    ok = lat or [0.0]
+    return Phase(
+        target_rps=target, achieved_rps=round(len(lat) / elapsed, 1), requests=len(lat),
+        errors=errors, p50_ms=round(_percentile(ok, 50) * 1000, 2),
+        p99_ms=round(_percentile(ok, 99) * 1000, 2), max_ms=round(ok[-1] * 1000, 2),
+    )
+
+
+async def _steady(url: str, bodies: list[bytes], rate: int, duration: float) -> Phase:
+    lat: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        n = int(rate * duration)
+        t0 = time.perf_counter()
+
+        inflight = 0
+
+        async def one(i: int) -> None:
+            nonlocal errors, inflight
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if inflight >= MAX_INFLIGHT:  # server far behind: shed, count as an error
+                errors += 1
+                return
+            inflight += 1
+            try:
+                r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+                if r.status_code != 200:
+                    errors += 1
+                    return
+            except httpx.HTTPError:
+                errors += 1
+                return
+            finally:
+                inflight -= 1
+            lat.append(time.perf_counter() - due)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - t0
+    return _phase(lat, errors, elapsed, rate)
+
+
+async def _saturation(url: str, bodies: list[bytes], concurrency: int, duration: float) -> Phase:
+    lat: list[float] = []
+    errors = 0
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        t0 = time.perf_counter()
+        stop = t0 + duration
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            i = w
+            while time.perf_counter() < stop:
+                s = time.perf_counter()
+                try:
+                    r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+                    if r.status_code == 200:
+                        lat.append(time.perf_counter() - s)
+                    else:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                i += concurrency
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return _phase(lat, errors, elapsed, None)
+
+
+def _seed(st: dict[str, Any], members: int) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(st["sources"]["pos"]) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO loyalty_cards VALUES (%s, %s, NULL, %s)",
+                [(f"BC{i}", f"BM{i}", now - timedelta(days=10)) for i in range(members)],
+            )
+            cur.executemany(
+                "INSERT INTO transactions VALUES (%s, 'S1', %s, %s, 'USD', %s)",
+                [(f"BT{i}", f"BC{i}", 100 + i % 900, now - timedelta(hours=2))
+                 for i in range(members)],
+            )
+        conn.commit()
+
+
+def _offsets_total(broker: str, topics: tuple[str, ...]) -> int:
+    return sum(tp.offset for t in topics for tp in _end_offsets(broker, t))
+
+
+def _agent_phase(st: dict[str, Any], events: int, say: Say) -> tuple[int, int, float]:
+    store = Store(st["store"])
+    try:
+        with store.engine.connect() as conn:
+            from sqlalchemy import text
+
+            profiles = [
+                (r[0], r[1]) for r in conn.execute(
+                    text("SELECT profile_id, member_id FROM profiles WHERE member_id IS NOT NULL")
+                )
+            ]
+    finally:
+        store.dispose()
+    if not profiles:
+        return 0, 0, 0.0
+    broker = st["broker"]
+    before = _offsets_total(broker, OFFER_TOPICS)
+    now = format_time(datetime.now(UTC))
+    p = Producer({"bootstrap.servers": broker, "linger.ms": 5})
+    say(f"agent: {events:,} milestone_approaching events for {len(profiles):,} members")
+    t0 = time.perf_counter()
+    for i in range(events):
+        pid, mid = profiles[i % len(profiles)]
+        ev = {
+            "specversion": "1.0", "id": uuid.uuid4().hex, "source": "loyalty-cdp/loyalty",
+            "type": "loyalty.milestone_approaching", "subject": mid, "time": now,
+            "datacontenttype": "application/json",
+            "data": {"member_id": mid, "profile_id": pid, "effective_at": now,
+                     "cause_record_id": f"bench:{i}", "points_balance": 960,
+                     "milestone": 1000, "gap_points": 40},
+        }
+        p.produce("loyalty.events", orjson.dumps(ev), mid.encode())
+        p.poll(0)
+    p.flush(60)
+    pipeline.wait_stages(broker, [("decisions", ["loyalty.events"])], time.monotonic() + 900)
+    elapsed = time.perf_counter() - t0
+    return events, _offsets_total(broker, OFFER_TOPICS) - before, elapsed
+
+
+def run_api_bench(
+    state_dir: Path | None,
+    *,
+    members: int = 500,
+    rate: int = 500,
+    duration: float = 10.0,
+    concurrency: int = 32,
+    events: int = 5000,
+    say: Say = _quiet,
+) -> ApiBenchResult:
+    with bench_state_dir(state_dir) as sd:
+        try:
+            say(f"starting a fresh stack in {sd}")
+            st = embedded.up(sd, say=say)
+            say(f"seeding {members} card members with a purchase each")
+            _seed(st, members)
+            pipeline.wait_caught_up(sd, timeout=600)
+            url = st["api"] + "/v1/decisions"
+            bodies = _bodies(members)
+            say("warm-up")
+            asyncio.run(_saturation(url, bodies, 4, 2.0))
+            say(f"steady: {rate} req/s for {duration:.0f} s")
+            steady = asyncio.run(_steady(url, bodies, rate, duration))
+            say(f"saturation: {concurrency} clients for {duration:.0f} s")
+            sat = asyncio.run(_saturation(url, bodies, concurrency, duration))
+            moments, offers, secs = _agent_phase(st, events, say)
+            return ApiBenchResult(
+                members=members, steady=steady, saturation=sat, concurrency=concurrency,
+                agent_moments=moments, agent_offers=offers, agent_seconds=round(secs, 2),
+                agent_offers_per_s=round(offers / secs, 1) if secs else 0.0,
+                agent_moments_per_s=round(moments / secs, 1) if secs else 0.0,
+                machine=machine_info(),
+            )
+        finally:
+            embedded.down(sd, drain_timeout=10)
+
+
+def format_table(r: ApiBenchResult) -> str:
+    lines = [f"{'phase':12} {'target':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'max ms':>8} {'errors':>6}"]
+    for name, ph in (("steady", r.steady), (f"saturation({r.concurrency})", r.saturation)):
+        tgt = "-" if ph.target_rps is None else f"{ph.target_rps:.0f}"
+        lines.append(f"{name:12} {tgt:>8} {ph.achieved_rps:>8} {ph.p50_ms:>8} {ph.p99_ms:>8} "
+                     f"{ph.max_ms:>8} {ph.errors:>6}")
+    lines.append(
+        f"agent: {r.agent_moments:,} moments -> {r.agent_offers:,} offers in "
+        f"{r.agent_seconds} s = {r.agent_offers_per_s} offers/s "
+        f"({r.agent_moments_per_s} moments/s)"
+    )
+    return "\n".join(lines)
