@@ -125,7 +125,7 @@ class Fold:
         self.as_of: datetime | None = None
         self.enrolled_at: datetime | None = None
         self.consent: dict[str, bool] = dict(CONSENT_DEFAULTS)
-        self.ledger = Ledger()
+        self.ledger = Ledger(program.lot_life, program.notice_offset)
         self.purchases: dict[str, Purchase] = {}
         self.window: deque[Purchase] = deque()
         self.qualifying = 0
@@ -302,7 +302,7 @@ class Fold:
             if on:
                 self._emit(
                     "points_expiring", d, lot.cause, lot.purchase_id,
-                    {"points": lot.remaining, "expires_at": lot.expires_at},
+                    {"points": lot.remaining, "expires_at": ledger.expires_at(lot)},
                 )
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
             self.lapse_risk = True
@@ -385,8 +385,7 @@ class Fold:
         led = self.ledger
         b_before = led.total - led.debt
         if pts:
-            expires = t + prog.lot_life
-            lot = Lot(r.purchase_id, rid, t, expires, expires - prog.notice_lead, pts)
+            lot = Lot(r.purchase_id, rid, t, pts)
             repaid = led.earn(lot)
             if on:
                 self._emit(

@@ -4,6 +4,10 @@ Lots are kept in earn order, which is also expiry order (every lot lives the sam
 days), so "oldest first" consumption and expiry both work at the front of one deque and cost
 O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
 may go negative; new earns repay debt before they create a lot.
+
+A lot does not store its expiry and notice times: they are ``earned_at + lot_life`` and
+``earned_at + lot_life - notice_lead`` (the ledger holds both offsets), which saves two
+datetimes per live lot; ``earned_at`` is the purchase's own time object.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from copy import copy
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 @dataclass(slots=True)
@@ -22,17 +26,17 @@ class Lot:
     purchase_id: str
     cause: str  # record id of the purchase that earned it
     earned_at: datetime
-    expires_at: datetime
-    notice_at: datetime
     remaining: int
 
 
 class Ledger:
     """Lots and debt of one profile. All amounts are integer points."""
 
-    __slots__ = ("by_purchase", "debt", "lots", "notices", "total")
+    __slots__ = ("by_purchase", "debt", "life", "lots", "notice_offset", "notices", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, life: timedelta, notice_offset: timedelta) -> None:
+        self.life = life  # a lot expires at earned_at + life
+        self.notice_offset = notice_offset  # ... and its notice is due at earned_at + this
         self.lots: deque[Lot] = deque()
         self.notices: deque[Lot] = deque()  # lots whose expiring notice is still ahead
         self.by_purchase: dict[str, Lot] = {}
@@ -41,7 +45,7 @@ class Ledger:
 
     def clone(self) -> Ledger:
         """An independent copy (lots are mutable and shared by three indexes)."""
-        new = Ledger()
+        new = Ledger(self.life, self.notice_offset)
         copies = {id(lot): copy(lot) for lot in self.lots}
         for lot in self.notices:
             copies.setdefault(id(lot), copy(lot))
@@ -52,6 +56,9 @@ class Ledger:
         }
         new.total, new.debt = self.total, self.debt
         return new
+
+    def expires_at(self, lot: Lot) -> datetime:
+        return lot.earned_at + self.life
 
     @property
     def balance(self) -> int:
@@ -112,10 +119,13 @@ class Ledger:
         while notices and not notices[0].remaining:
             notices.popleft()
         if lots:
-            if notices and notices[0].notice_at < lots[0].expires_at:
-                return notices[0].notice_at
-            return lots[0].expires_at
-        return notices[0].notice_at if notices else None
+            expires = lots[0].earned_at + self.life
+            if notices:
+                notice = notices[0].earned_at + self.notice_offset
+                if notice < expires:
+                    return notice
+            return expires
+        return notices[0].earned_at + self.notice_offset if notices else None
 
     def expire(self, at: datetime) -> Iterator[tuple[Lot, int]]:
         """Expire, one by one, the lots due at or before ``at``; yields (lot, points expired).
@@ -123,7 +133,10 @@ class Ledger:
         A generator so the caller sees the balance after each lot (one event per lot).
         """
         lots = self.lots
-        while lots and lots[0].expires_at <= at:
+        if not lots:
+            return
+        life = self.life
+        while lots and lots[0].earned_at + life <= at:
             lot = lots.popleft()
             self.by_purchase.pop(lot.purchase_id, None)
             if lot.remaining:
@@ -135,7 +148,10 @@ class Ledger:
         """Lots whose notice is due at or before ``at`` and that still hold points."""
         out: list[Lot] = []
         notices = self.notices
-        while notices and notices[0].notice_at <= at:
+        if not notices:
+            return out
+        offset = self.notice_offset
+        while notices and notices[0].earned_at + offset <= at:
             lot = notices.popleft()
             if lot.remaining:
                 out.append(lot)

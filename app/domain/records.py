@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from sys import intern
 from typing import Any, ClassVar
 
 from app.domain.program import DEFAULT_CURRENCIES, IDENTIFIER_TYPES
@@ -234,7 +235,7 @@ def _identifiers(raw: Any, rid: str | None) -> tuple[Identifier, ...]:
             raise InvalidRecord(rid, f"identifiers: value of {t} is not a string")
         v = normalize_identifier(t, v)
         if v:
-            out.add(Identifier(t, v))
+            out.add(Identifier(intern(t), v))
     return tuple(sorted(out))
 
 
@@ -249,8 +250,9 @@ def record_from_data(
     f = _Fields(data, rid)
     common: dict[str, Any] = {
         "record_id": f.text("record_id"),
-        "source": f.text("source"),
-        "table": f.text("table"),
+        # low-cardinality strings are interned: one object per spelling, not per record
+        "source": intern(f.text("source")),
+        "table": intern(f.text("table")),
         "pk": f.text("pk"),
         "occurred_at": parse_time(data.get("occurred_at"), rid),
         "identifiers": _identifiers(data.get("identifiers"), rid),
@@ -277,7 +279,7 @@ def record_from_data(
         currency = f.text("currency")
         if currency not in currencies:
             raise InvalidRecord(rid, f"currency: unknown currency {currency!r}")
-        extra["currency"] = currency
+        extra["currency"] = intern(currency)
     elif cls is PurchaseLine:
         extra["purchase_id"] = f.text("purchase_id")
         extra["line_no"] = f.integer("line_no", minimum=0)
