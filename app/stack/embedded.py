@@ -246,6 +246,24 @@ def wait_drained(state: StackState, topics: list[str], timeout: float) -> bool:
     return False
 
 
+def _commit_when_group_empty(c: Consumer, tps: list[TopicPartition], timeout: float = 60) -> None:
+    """Commit offsets for the worker group from outside it.
+
+    The broker refuses (UNKNOWN_MEMBER_ID / REBALANCE_IN_PROGRESS) while the stopped worker is
+    still a member, i.e. until its leave is processed or its session times out (~6 s), so
+    retry until the group is empty.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.commit(offsets=tps, asynchronous=False)
+            return
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise StackError(f"could not rewind the worker group: {exc.args[0]}") from exc
+            time.sleep(1.0)
+
+
 def replay(state_dir: Path, *, say: Say = _quiet) -> int:
     """Stop the worker, rewind its group on every change topic to the start, start it again.
 
@@ -270,7 +288,7 @@ def replay(state_dir: Path, *, say: Say = _quiet) -> int:
                 low, _ = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
                 tps.append(TopicPartition(t, p, low))
         if tps:
-            c.commit(offsets=tps, asynchronous=False)
+            _commit_when_group_empty(c, tps)
     finally:
         c.close()
     up(state_dir, say=say)
