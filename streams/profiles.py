@@ -165,7 +165,11 @@ class ProfileStage:
             ticked = {pid for pid in self.states if self._part(pid) in ticks}
             changed |= ticked
             if target is not None:
-                candidates = set(self.states) if advance_all else changed
+                candidates = (
+                    {pid for pid, st in self.states.items() if st.next_due <= target} | changed
+                    if advance_all
+                    else changed
+                )
                 for pid in candidates:
                     st = self.states[pid]
                     if st.as_of is None or target > st.as_of:

@@ -83,6 +83,14 @@ class MemberState:
         return self._fold.as_of
 
     @property
+    def next_due(self) -> datetime:
+        """A lower bound of the next time-driven effect (far future when none is pending).
+
+        Lets a wall-clock timer skip the states with nothing due instead of advancing all.
+        """
+        return self._fold._next_due
+
+    @property
     def member_id(self) -> str | None:
         return self._fold.member_id
 
