@@ -10,24 +10,17 @@ partition's owner holds a per-partition lock and trusts its cache only while the
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from app.domain.program import load_program
-from app.mapping.engine import Mapper
-from app.settings import settings
 from app.simulate import generate
-from app.stack import embedded
 from app.stack.broker import wait_listening
 from app.stack.ports import free_port
 from app.stack.state import StackPaths
@@ -38,6 +31,7 @@ from tests.integration.test_profiles_pipeline import (
     Writers,
     assert_profiles_match,
     high_watermarks,
+    manual_stack,
     settle,
 )
 
@@ -46,21 +40,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Run]:
-    state_dir = Path(tempfile.mkdtemp(prefix="loyalty-cdp-rebalance-"))
-    try:
-        st = embedded.up(state_dir, clock="manual")
-        yield Run(
-            state_dir=state_dir,
-            status=st,
-            program=load_program(settings().program_file).compile(),
-            mapper=Mapper.from_dir(settings().mappings_dir),
-        )
-    finally:
+    with manual_stack("loyalty-cdp-rebalance-") as r:
         try:
-            StackPaths(state_dir).process("worker2").stop(timeout=10)
-            embedded.down(state_dir, drain_timeout=10)
+            yield r
         finally:
-            shutil.rmtree(state_dir, ignore_errors=True)
+            StackPaths(r.state_dir).process("worker2").stop(timeout=10)
 
 
 def _counts(port: int) -> dict[str, int]:
