@@ -234,6 +234,8 @@ class DecisionAgent:
         self.lookback = timedelta(days=max(policy.window_days, policy.repeat_days, 1))
         self.counts = _Counts()
         self.reconciled = False
+        #: Set by :func:`register_decisioning`: hand guest purchases to this agent's thread.
+        self.submit_guest_purchases: Callable[[list[bytes]], None] | None = None
 
     # -- entry points -------------------------------------------------------------------
 
@@ -509,7 +511,7 @@ def register_decisioning(
     from concurrent.futures import ThreadPoolExecutor
 
     from app.decisioning import load_catalog
-    from streams.topics import CANONICAL, LOYALTY
+    from streams.topics import LOYALTY
 
     agent = DecisionAgent(program, load_catalog(offers_file()), store, out, broker, clock=clock)
     pool = ThreadPoolExecutor(1, thread_name_prefix="decisioning")
@@ -524,16 +526,21 @@ def register_decisioning(
             raise
 
     loyalty = app.topic(LOYALTY, key_serializer="raw", value_serializer="raw")
-    canonical = app.topic(CANONICAL, key_serializer="raw", value_serializer="raw")
 
     @app.agent(loyalty, name="decisions")
     async def decisions_agent(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             await run(agent.process_loyalty, [e.message.value for e in events])
 
-    @app.agent(canonical, name="decisions-purchases")
-    async def purchases_agent(stream: Any) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            await run(agent.process_canonical, [e.message.value for e in events])
+    def guest_purchases(values: list[bytes]) -> None:
+        """Guest purchases from the profile stage (after its commit), on this agent's thread."""
+        pool.submit(agent.process_canonical, values).add_done_callback(_log_failure)
 
+    agent.submit_guest_purchases = guest_purchases
     return agent
+
+
+def _log_failure(fut: Any) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("guest purchase moments failed: %s", exc, exc_info=exc)

@@ -32,6 +32,7 @@ from app.domain.events import LoyaltyEvent
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     InvalidRecord,
+    PurchaseCompleted,
     Record,
     UnknownPurchase,
     parse_time,
@@ -86,6 +87,13 @@ class ProfileStage:
         self.versions: dict[str, int] = {}
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
         self.owned: set[int] = set()
+        #: Called after each commit with the canonical payloads of purchases that the batch
+        #: newly applied to profiles not enrolled at the purchase's time (guest purchases):
+        #: the decisioning agent's "purchase" moments for non-members. Fed from here, where
+        #: the profile is committed, rather than by a second consumer of ``cdp.events`` that
+        #: would have to wait for this stage (and, sharing the topic, hold back its delivery).
+        self.on_guest_purchases: Callable[[list[bytes]], None] | None = None
+        self._guest_purchases: list[bytes] = []
         self.counts = dict.fromkeys(
             ("notes", "batches", "profiles_written", "events", "rejected", "busy_ms"), 0
         )
@@ -190,6 +198,9 @@ class ProfileStage:
             self._forget(pid)
         self._publish(docs, gone, rejected)
         self.outbox.publish(new_events)
+        if self._guest_purchases and self.on_guest_purchases is not None:
+            guest, self._guest_purchases = self._guest_purchases, []
+            self.on_guest_purchases(guest)
         self.counts["profiles_written"] += len(docs)
         self.counts["events"] += len(new_events)
         self.counts["rejected"] += len(rejected)
@@ -222,16 +233,22 @@ class ProfileStage:
             if st is None:
                 st = self.states[pid] = MemberState(self.program, pid)
             pending = self.pending.setdefault(pid, {})
-            records = sorted(
-                (
-                    record_from_cloudevent(orjson.loads(p), currencies=self.program.currencies)
-                    for _, p in rows
-                ),
-                key=lambda r: r.sort_key(),
-            )
-            for r in records:
+            parsed = [
+                (record_from_cloudevent(orjson.loads(p), currencies=self.program.currencies), p)
+                for _, p in rows
+            ]
+            parsed.sort(key=lambda rp: rp[0].sort_key())
+            for r, _ in parsed:
                 self._apply(st, r, pending, events, rejected)
             self._retry(st, pending, events, rejected)
+            if self.on_guest_purchases is not None and (after[pid] or not db_versions.get(pid)):
+                enrolled = st.fold.enrolled_at
+                self._guest_purchases.extend(
+                    p
+                    for r, p in parsed
+                    if isinstance(r, PurchaseCompleted)
+                    and (enrolled is None or r.occurred_at < enrolled)
+                )
             self.seqs[pid] = rows[-1][0]
             changed.add(pid)
         return changed, gone, db_versions

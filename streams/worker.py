@@ -64,7 +64,8 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     identity = IdentityStage(program, store, out, outbox, partitions)
     profiles = ProfileStage(program, store, out, outbox, partitions, clock=cfg.clock)
     register_stages(app, identity, profiles)
-    register_decisioning(app, cfg.broker, cfg.clock, program, store, out)
+    decisions = register_decisioning(app, cfg.broker, cfg.clock, program, store, out)
+    profiles.on_guest_purchases = decisions.submit_guest_purchases
     register_api(app, store)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 

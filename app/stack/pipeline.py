@@ -59,7 +59,7 @@ def STAGES(specs: list[ConnectorSpec]) -> list[tuple[str, list[str]]]:
         ("canonical", [*change_topics(specs), "cdp.ingest"]),
         ("identity", ["cdp.events"]),
         ("profiles", ["cdp.resolved"]),
-        ("decisions", ["loyalty.events"]),  # streams/decisioning.py (also reads cdp.events)
+        ("decisions", ["loyalty.events"]),  # streams/decisioning.py (guest purchases: via profiles)
     ]
 
 
