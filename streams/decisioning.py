@@ -507,23 +507,17 @@ def register_decisioning(
     Both inputs run on one single-thread executor, so this worker's decision batches are
     sequential; across workers the per-profile advisory lock serialises them.
     """
-    import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     from app.decisioning import load_catalog
+    from streams.stages import run_stage
     from streams.topics import LOYALTY
 
     agent = DecisionAgent(program, load_catalog(offers_file()), store, out, broker, clock=clock)
     pool = ThreadPoolExecutor(1, thread_name_prefix="decisioning")
 
     async def run(fn: Callable[[Sequence[bytes]], None], values: list[bytes]) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(pool, fn, values)
-        except Exception as exc:
-            # State is durable in the store: crash loudly, restart, resume exactly.
-            log.exception("decisioning failed; stopping the worker")
-            await app.crash(exc)
-            raise
+        await run_stage(app, pool, fn, values)
 
     loyalty = app.topic(LOYALTY, key_serializer="raw", value_serializer="raw")
 

@@ -25,18 +25,26 @@ BATCH = 5000
 WITHIN_S = 0.2
 
 
+async def run_stage(app: faust.App, executor: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
+    """Run a stage's blocking batch on its executor; a failure crashes the worker.
+
+    The state is durable in the store, so crashing loudly and restarting resumes exactly;
+    carrying on after a failed batch could ack input that was never applied.
+    """
+    try:
+        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    except Exception as exc:
+        log.exception("stage failed; stopping the worker")
+        await app.crash(exc)
+        raise
+
+
 def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
     ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
     prof_exec = ThreadPoolExecutor(1, thread_name_prefix="profiles")
 
     async def run(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-        except Exception as exc:
-            # State is durable in the store: crash loudly, restart, and resume exactly.
-            log.exception("stage failed; stopping the worker")
-            await app.crash(exc)
-            raise
+        await run_stage(app, executor, fn, *args)
 
     canonical = app.topic(CANONICAL, key_serializer="raw", value_serializer="raw")
     resolved = app.topic(RESOLVED, key_serializer="raw", value_serializer="raw")
