@@ -97,7 +97,9 @@ class StageLag:
         }
 
     def close(self) -> None:
-        pass  # the admin client has no close; its threads go with the object
+        """Release the admin client now (it has no close(); its handle goes with the last
+        reference), so it does not keep reconnecting, and logging, once the broker stops."""
+        self.__dict__.pop("admin", None)
 
 
 class WorkerMetrics(Collector):
