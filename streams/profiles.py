@@ -160,10 +160,16 @@ class ProfileStage:
         with self.store.tx() as conn:
             for p in parts:
                 self.store.partition_lock(conn, p)
-            if fresh:
+            if fresh or ticks:
+                # A fresh partition loads every profile; a tick must reach every profile of
+                # its partitions too, including any another worker created while it owned the
+                # partition (the store, not this worker's cache, says which profiles exist).
                 for pid in self.store.profile_ids(conn):
-                    if self._part(pid) in fresh:
+                    part = self._part(pid)
+                    if part in fresh:
                         touched.setdefault(pid, True)
+                    elif part in ticks:
+                        touched.setdefault(pid, False)
             for p, at in ticks.items():
                 self.store.set_clock(conn, p, at)
             target = self.store.clock(conn) if self.manual else self.now() - WALL_SLACK
