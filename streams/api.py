@@ -1,4 +1,6 @@
-"""``GET /v1/members/{id}`` on the worker's web port: one profile, as ``profiles export`` writes it.
+"""The decision API's request parsing and answers: ``GET /v1/members/{id}`` and
+``POST /v1/decisions`` on the worker's web port, served by the API process
+(:mod:`streams.api_server`), not by the Faust web server (why: its docstring).
 
 ``id`` is a member number (``M100``) or any identifier as ``type:value`` (``card_no:C1``,
 ``email:Ann@Example.com``). The value is normalised as SPEC 4 prescribes (email trimmed and
@@ -7,9 +9,7 @@ so the raw email or phone is never stored, logged or compared in clear.
 
 Responses: 200 with the export document (the fields of SPEC 5, byte for byte what the store
 holds), 404 ``{"error": ...}`` for an identifier no profile holds, 422 for an unknown
-identifier type or an empty value. The store read is blocking (SQLAlchemy over psycopg), so
-it runs on a small thread pool of its own, never on the event loop that carries Faust's
-heartbeats and fetches, and never on the stages' single-thread executors.
+identifier type or an empty value.
 
 ``POST /v1/decisions`` (issue 6): ``{"identifier": "type:value", "placement":
 "checkout_confirmation"|"cart"|"home", "cart": [{"sku", "qty", "unit_price"}]}`` -> the member
@@ -19,24 +19,23 @@ person gets the guest context and the enrollment offer. ``unit_price`` is a deci
 currency units (a JSON number or string, read exactly, at most 2 places) converted to integer
 cents. Bad input: 422 ``{"error": "<field>: <message>"}`` naming the field. An API answer is
 not a contact: nothing is written (no contact history, caps and consent do not apply).
+
+Everything here is synchronous and I/O-free except :func:`decide_request` (a blocking store
+read, for tests and tools): the API process reads the profile with its own async pool
+(:data:`PROFILE_SQL`) and calls :func:`decision_answer`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import unquote
 
-import faust
-from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import text
 
 from app.decisioning import (
     CartLine,
@@ -54,12 +53,15 @@ from streams.store import Store, identifier_hash
 
 __all__ = [
     "IDENTIFIER_TYPES",
+    "PROFILE_SQL",
     "DecisionRequest",
     "IdentifierError",
+    "RequestError",
     "decide_request",
+    "decision_answer",
+    "load_config",
     "parse_decision_request",
     "parse_member_ref",
-    "register_api",
 ]
 
 IDENTIFIER_TYPES = ("member_no", "card_no", "customer_id", "user_id", "email", "phone")
@@ -146,33 +148,34 @@ def parse_decision_request(body: bytes) -> tuple[DecisionRequest, str, str]:
 
 
 @cache
-def _config() -> tuple[CompiledProgram, OfferCatalog]:
+def load_config() -> tuple[CompiledProgram, OfferCatalog]:
+    """The compiled program and the offer catalog, loaded (and validated) once per process."""
     from streams.decisioning import offers_file
 
     return load_program(settings().program_file).compile(), load_catalog(offers_file())
 
 
+#: The profile holding an identifier (member profile first), by the identifier's hash.
+#: Parameters: (type, value_hash); columns: profile_id, doc (jsonb).
+PROFILE_SQL = (
+    "SELECT p.profile_id, p.doc FROM profile_identifiers i JOIN profiles p"
+    " USING (profile_id) WHERE i.type = %s AND i.value_hash = %s"
+    " ORDER BY p.member_id NULLS LAST, p.profile_id LIMIT 1"
+)
+
+
 def _profile(store: Store, type_: str, value: str) -> tuple[str, dict[str, Any]] | None:
     with store.engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT p.profile_id, p.doc FROM profile_identifiers i JOIN profiles p"
-                " USING (profile_id) WHERE i.type = :t AND i.value_hash = :h"
-                " ORDER BY p.member_id NULLS LAST, p.profile_id LIMIT 1"
-            ),
-            {"t": type_, "h": identifier_hash(type_, value)},
-        ).first()
+        row = conn.exec_driver_sql(PROFILE_SQL, (type_, identifier_hash(type_, value))).first()
     return None if row is None else (row[0], dict(row[1]))
 
 
-def decide_request(
-    store: Store, req: DecisionRequest, type_: str, value: str, now: datetime | None = None
+def decision_answer(
+    req: DecisionRequest, found: tuple[str, dict[str, Any]] | None, now: datetime
 ) -> dict[str, Any]:
-    """Read the live profile and decide (blocking: run it on the API's thread pool)."""
-    program, catalog = _config()
-    found = _profile(store, type_, value)
+    """The answer to ``req`` for the profile ``found`` (``(profile_id, doc)``, None: unknown)."""
+    program, catalog = load_config()
     pid, doc = found if found is not None else (None, None)
-    now = now or datetime.now(UTC)
     cart = [CartLine(i.sku, i.qty, i.unit_price_cents) for i in req.cart]
     moment = Moment.api(uuid.uuid4().hex, req.placement, now, cart)
     d = decide(moment, doc, DecisionContext(program, pid, Contactability()), catalog, (), now)
@@ -190,34 +193,8 @@ def decide_request(
     }
 
 
-def register_api(app: faust.App, store: Store, *, threads: int = 2) -> None:
-    """Mount ``/v1/members/{id}`` and ``POST /v1/decisions`` on ``app``'s web server."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="api")
-    _config()  # load (and validate) program and catalog before serving
-
-    @app.page("/v1/decisions")
-    class Decisions(View):
-        async def post(self, request: Request) -> Response:
-            try:
-                req, type_, value = parse_decision_request(await request.read())
-            except RequestError as exc:
-                return self.json({"error": str(exc)}, status=422)
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(pool, decide_request, store, req, type_, value)
-            return self.json(answer)
-
-    @app.page("/v1/members/{member_ref}")
-    class Member(View):
-        async def get(self, request: Request, member_ref: str) -> Response:
-            try:
-                type_, value = parse_member_ref(member_ref)
-            except IdentifierError as exc:
-                return self.json({"error": str(exc)}, status=422)
-            loop = asyncio.get_running_loop()
-            doc: dict[str, Any] | None = await loop.run_in_executor(
-                pool, store.profile_doc, type_, value
-            )
-            if doc is None:
-                # Name the type only: the value may be an email or a phone (no PII in replies).
-                return self.json({"error": f"no profile with this {type_}"}, status=404)
-            return self.json(doc)
+def decide_request(
+    store: Store, req: DecisionRequest, type_: str, value: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Read the live profile (blocking) and decide: :func:`decision_answer` over ``store``."""
+    return decision_answer(req, _profile(store, type_, value), now or datetime.now(UTC))

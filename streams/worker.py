@@ -3,6 +3,11 @@
 In the embedded stack ``up`` starts it with ``--state-dir``; in production it is started
 with ``--broker`` and ``--web-port`` (or the ``LOYALTY_CDP_*`` environment) on as many
 machines as needed: Faust's consumer group spreads the partitions over the workers.
+
+The web port belongs to the worker's API process (:mod:`streams.api_server`), a child that
+the worker starts, restarts and stops: it serves ``/v1/decisions`` and ``/v1/members/{id}``
+and forwards everything else (``/healthz``, ``/metrics``) to the Faust web server, which
+listens on an internal loopback port (``--internal-web-port``, default: a free one).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,10 @@ from app.cdc.connectors import change_topics, load_connectors
 from app.domain.program import load_program
 from app.mapping.engine import Mapper
 from app.settings import settings
+from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
 from app.stack.state import StackPaths
-from streams.api import register_api
+from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
 from streams.decisioning import register_decisioning
@@ -66,7 +73,6 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     register_stages(app, identity, profiles)
     decisions = register_decisioning(app, cfg.broker, cfg.clock, program, store, out)
     profiles.on_guest_purchases = decisions.submit_guest_purchases
-    register_api(app, store)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 
     @app.page("/healthz")
@@ -92,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", default=None)
     parser.add_argument("--web-port", type=int, default=None)
     parser.add_argument("--web-host", default="127.0.0.1", help="bind address of the web server")
+    parser.add_argument(
+        "--internal-web-port", type=int,
+        default=int(os.environ.get("LOYALTY_CDP_INTERNAL_WEB_PORT", "0")),
+        help="loopback port of the Faust web server behind the API process (0: a free one)",
+    )
     parser.add_argument("--loglevel", default="warn")
     args = parser.parse_args(argv)
     broker, web_port, data_dir = args.broker, args.web_port, None
@@ -114,18 +125,42 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    internal = args.internal_web_port or free_port()
     cfg = WorkerSettings(
         broker=broker,
-        web_port=web_port,
+        web_port=internal,  # the Faust web server, behind the API process
         data_dir=data_dir or Path("worker-data"),
-        web_host=args.web_host,
+        web_host="127.0.0.1",
         store_dsn=store_dsn,
         clock=clock,
     )
     app = create_worker_app(cfg)
-    worker: Any = faust.Worker(app, loglevel=args.loglevel, quiet=True)
-    worker.execute_from_commandline()
+    worker: Any = _Worker(app, loglevel=args.loglevel, quiet=True)
+    api = ApiSupervisor(
+        args.web_host, web_port, internal, store_dsn,
+        on_give_up=lambda: worker.loop.call_soon_threadsafe(worker.shutdown_on_signal),
+    )
+    worker.api = api
+    api.start()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        api.stop()
     return 0
+
+
+class _Worker(faust.Worker):
+    """Tells the API supervisor that a shutdown is under way before any restart decision."""
+
+    api: ApiSupervisor | None = None
+
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        if self.api is not None:
+            self.api.stopping.set()
+        super()._schedule_shutdown(sig)
+
+    def shutdown_on_signal(self) -> None:
+        self._schedule_shutdown(signal.SIGTERM)
 
 
 if __name__ == "__main__":

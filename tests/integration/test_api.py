@@ -1,11 +1,16 @@
 """The worker's web port on the real embedded stack: ``GET /v1/members/{id}`` returns the
 export document (by member number, by any normalised ``type:value``), 404 for an unknown
 identifier, 422 for a bad type; ``/metrics`` carries non-zero stage, loyalty-event and
-latency series and the per-stage lag; ``/healthz`` answers."""
+latency series and the per-stage lag; ``/healthz`` answers. The port is served by the worker's
+API process (``streams/api_server.py``): it answers there, forwards ``/healthz`` and
+``/metrics``, is restarted when it dies and goes away with the worker."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +23,7 @@ import psycopg
 import pytest
 
 from app.stack import embedded, pipeline
+from app.stack.state import StackPaths
 from streams.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -158,3 +164,98 @@ def test_metrics_and_health(stack: dict[str, Any]) -> None:
     assert m['loyalty_cdp_loyalty_events_total{type="member_enrolled"}'] >= 2
     assert m['loyalty_cdp_loyalty_events_total{type="points_earned"}'] >= 1
     assert m["loyalty_cdp_loyalty_events_published_total"] >= 3
+
+
+# -- the API process (streams/api_server.py); these two stop the worker: keep them last ------
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live children of ``pid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(d.name), cmd))
+    return out
+
+
+def _api_child(worker_pid: int) -> int:
+    kids = [p for p, cmd in _children(worker_pid) if "streams.api_server" in cmd]
+    assert len(kids) == 1, _children(worker_pid)
+    return kids[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
+    worker = StackPaths(stack["state_dir_path"].resolve()).process("worker")
+    wpid = worker.pid()
+    assert wpid is not None
+    api = _api_child(wpid)
+    port = int(stack["api"].rsplit(":", 1)[1])
+    listeners = _listening_pids(port)
+    assert listeners == {api}, (listeners, api, wpid)  # the API process owns the web port
+    # /healthz and /metrics still answer on it (forwarded to the worker's web server)
+    assert _get(stack, "/healthz").json()["status"] == "ok"
+    assert _get(stack, "/metrics").headers["content-type"].startswith("text/plain")
+    assert _get(stack, "/v1/members/M100").status_code == 200
+    os.kill(api, signal.SIGKILL)  # a crash: the worker starts a new one
+    _wait_until(lambda: not _alive(api), 10, "the killed API process is still there")
+    _wait_until(lambda: _listening_pids(port) - {api}, 30, "the API process was not restarted")
+    new = _api_child(wpid)
+    assert new != api
+    assert _get(stack, "/v1/members/M100").json()["member_id"] == "M100"
+    assert _get(stack, "/healthz").status_code == 200
+
+
+def test_api_process_goes_away_with_the_worker(stack: dict[str, Any]) -> None:
+    worker = StackPaths(stack["state_dir_path"].resolve()).process("worker")
+    wpid = worker.pid()
+    assert wpid is not None
+    api = _api_child(wpid)
+    os.kill(wpid, signal.SIGKILL)  # the worker alone (not its group): its child must follow
+    _wait_until(lambda: not _alive(api), 15, "the API process outlived the worker")
+    port = int(stack["api"].rsplit(":", 1)[1])
+    _wait_until(lambda: not _listening_pids(port), 10, "the web port is still bound")
+
+
+def _listening_pids(port: int) -> set[int]:
+    """Pids holding a listening TCP socket on ``port`` (from /proc/net/tcp and fd links)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f[9])
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (d / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        pids.add(int(d.name))
+    return pids
