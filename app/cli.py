@@ -277,27 +277,115 @@ def _store_dsn(state_dir: Path | None, dsn: str | None) -> str:
     return dsn_for(st.pg_port, "cdp")
 
 
+def _identifier(ref: str, param_hint: str) -> tuple[str, str]:
+    """``M100`` or ``type:value``, parsed and normalised like ``GET /v1/members/{id}``."""
+    from streams.api import IdentifierError, parse_member_ref
+
+    try:
+        return parse_member_ref(ref)
+    except IdentifierError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
+DsnOption = typer.Option(None, "--dsn", help="Profile store DSN (default: the stack's).")
+
+
 @profiles_app.command("export")
 def profiles_export(
     out: Path | None = typer.Option(None, "--out", help="Write JSON lines here (default stdout)."),
-    dsn: str | None = typer.Option(None, "--dsn", help="Profile store DSN (default: the stack's)."),
+    identifier: str | None = typer.Option(
+        None,
+        "--identifier",
+        help="Access request (GDPR): only the one profile holding this member number or"
+        " type:value (email:a@b.com, phone:..., card_no:...); exit 1 when none does.",
+    ),
+    dsn: str | None = DsnOption,
     state_dir: Path | None = StateDir,
 ) -> None:
     """Every profile (members and guests) as JSON lines, with the fields of SPEC section 5."""
     import orjson
 
+    from streams.erasure import ErasureError, access_request
     from streams.store import Store
 
+    ident = _identifier(identifier, "--identifier") if identifier is not None else None
     store = Store(_store_dsn(state_dir, dsn))
     n = 0
     try:
+        docs = store.export() if ident is None else iter([access_request(store, *ident)])
         with open(out, "wb") if out else open(sys.stdout.fileno(), "wb", closefd=False) as fh:
-            for doc in store.export():
+            for doc in docs:
                 fh.write(orjson.dumps(doc) + b"\n")
                 n += 1
+    except ErasureError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         store.dispose()
     _say(f"exported {n} profiles" + (f" to {out}" if out else ""))
+
+
+@app.command("erase")
+def erase_cmd(
+    identifier: str = typer.Argument(
+        ..., help="Member number (M100) or type:value (email:a@b.com, card_no:C1, phone:...)."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", help="Do not ask for confirmation (required when stdin is no terminal)."
+    ),
+    dsn: str | None = DsnOption,
+    bootstrap: str | None = typer.Option(
+        None, help="Bootstrap servers (default: the embedded broker)."
+    ),
+    state_dir: Path | None = StateDir,
+) -> None:
+    """GDPR erasure: remove the person holding IDENTIFIER from the profile store and the
+    compacted cdp.profiles topic, and audit it (erasure_audit, without PII).
+
+    Erased: the person's records, parked and rejected records, profiles and identifier index
+    rows, loyalty and offer outbox rows, decisions and contact history; a tombstone per
+    profile id goes to cdp.profiles and the owning worker drops its cached state.
+
+    NOT erased: topics that are not compacted (the change topics pos|web|app.public.*,
+    cdp.events, loyalty.events, offers.*) keep their messages until retention, and the source
+    databases are the retailer's systems of record: erase the person there too (Debezium then
+    captures the deletes). A replay while they still hold the person brings the profile back.
+    """
+
+    from streams.erasure import (
+        ErasureError,
+        announce,
+        complete,
+        erase,
+        holder,
+        resolved_partitions,
+    )
+    from streams.store import Store
+
+    type_, value = _identifier(identifier, "IDENTIFIER")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("required when stdin is not a terminal", param_hint="--yes")
+        typer.confirm(
+            f"Erase the person holding this {type_} from the store and cdp.profiles"
+            " (cannot be undone)?",
+            abort=True,
+        )
+    store = Store(_store_dsn(state_dir, dsn))
+    try:
+        with store.tx() as conn:
+            holder(conn, type_, value)  # unknown or ambiguous: say so before anything else
+        broker = bootstrap or _embedded_broker(state_dir)
+        partitions = resolved_partitions(broker)  # before deleting: the broker must answer
+        done = erase(store, type_, value, partitions, os.environ.get("USER") or "cli")
+        announce(done, broker, partitions)
+        complete(store, done)
+    except ErasureError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.dispose()
+    typer.echo(done.summary())
 
 
 @app.command("replay")

@@ -37,6 +37,7 @@ from app.domain.records import (
     UnknownPurchase,
     record_from_cloudevent,
 )
+from streams.erasure import last_erasure
 from streams.outbox import Outbox
 from streams.producer import BatchProducer
 from streams.store import Store
@@ -75,6 +76,7 @@ class IdentityStage:
         self.partitions = partitions
         self.graph = IdentityGraph(program)
         self.seq = 0
+        self.erasure: int | None = None  # the latest erasure_audit id this graph reflects
         self._parked_known: list[tuple[Record, bytes]] | None = None
         self.counts = dict.fromkeys(
             ("in", "batches", "records", "parked", "dlq", "merges", "busy_ms"), 0
@@ -160,7 +162,16 @@ class IdentityStage:
         self.outbox.publish(new_events)
 
     def _catch_up(self, conn: Any) -> None:
-        """Replay records other workers committed since this worker last held the lock."""
+        """Replay records other workers committed since this worker last held the lock.
+
+        A GDPR erasure (``streams/erasure.py``, rare) deletes records under this lock; the
+        graph would still hold their identifiers, and a later record with the same email
+        would rejoin the erased cluster. So a new ``erasure_audit`` id rebuilds the graph
+        from the records that are left (a full replay, as at a worker's start).
+        """
+        erasure = last_erasure(conn)
+        if erasure != self.erasure:
+            self.erasure, self.graph, self.seq = erasure, IdentityGraph(self.program), 0
         replayed = self.store.records_after(conn, self.seq)
         for seq, payload in replayed:
             self.graph.add(self.parse(payload))

@@ -21,7 +21,9 @@ from app.settings import REPO_ROOT
 CLI_TIMEOUT_S = 90  # a hang fails the test; user errors return within seconds
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: int | None = None
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_CDP_")}
     environ.update(env or {})
     return subprocess.run(
@@ -30,6 +32,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         text=True,
         cwd=REPO_ROOT,
         env=environ,
+        stdin=stdin,
         timeout=CLI_TIMEOUT_S,
         check=False,
     )
