@@ -66,7 +66,6 @@ from psycopg_pool import AsyncConnectionPool
 from yarl import URL
 
 from streams.api import (
-    PROFILE_SQL,
     IdentifierError,
     RequestError,
     decision_answer,
@@ -76,7 +75,7 @@ from streams.api import (
 )
 from streams.store import identifier_hash
 
-__all__ = ["ApiSupervisor", "ProfileReader", "build_api_app", "main"]
+__all__ = ["BATCH_SQL", "ApiSupervisor", "ProfileReader", "build_api_app", "main"]
 
 log = logging.getLogger("loyalty_cdp.api")
 
@@ -107,14 +106,42 @@ def _libpq_dsn(dsn: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else dsn
 
 
-class ProfileReader:
-    """The live profile of an identifier, read from the store over an async pool."""
+#: PROFILE_SQL for many identifiers at once: row ``n`` answers the ``n``-th (type, hash) pair.
+BATCH_SQL = (
+    "SELECT DISTINCT ON (q.n) q.n, p.profile_id, p.doc"
+    " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS q(t, h, n)"
+    " JOIN profile_identifiers i ON i.type = q.t AND i.value_hash = q.h"
+    " JOIN profiles p ON p.profile_id = i.profile_id"
+    " ORDER BY q.n, p.member_id NULLS LAST, p.profile_id"
+)
 
-    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 8) -> None:
+Found = tuple[str, dict[str, Any]] | None
+
+
+class ProfileReader:
+    """The live profile of an identifier, read from the store over an async pool.
+
+    Lookups are batched the way a data loader does: the lookups that requests make in the
+    same turn of the event loop go to the store as one statement (:data:`BATCH_SQL`), and at
+    most ``max_inflight`` statements run at once; lookups made meanwhile wait for the next one.
+    At a light load every lookup is its own statement, sent at once; under a heavy load the
+    round trips (and the store's work per lookup) shrink as the batches grow.
+    """
+
+    def __init__(
+        self, dsn: str, *, max_inflight: int = 4, max_batch: int = 64
+    ) -> None:
         self.pool = AsyncConnectionPool(
-            _libpq_dsn(dsn), min_size=min_size, max_size=max_size, open=False,
-            kwargs={"autocommit": True}, configure=self._configure, name="api",
+            _libpq_dsn(dsn), min_size=max_inflight, max_size=max_inflight, open=False,
+            kwargs={"autocommit": True, "prepare_threshold": 0}, configure=self._configure,
+            name="api",
         )
+        self.max_inflight = max_inflight
+        self.max_batch = max_batch
+        self._pending: list[tuple[str, str, asyncio.Future[Found]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     async def _configure(conn: AsyncConnection[Any]) -> None:
@@ -126,12 +153,45 @@ class ProfileReader:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def profile(self, type_: str, value: str) -> tuple[str, dict[str, Any]] | None:
+    async def profile(self, type_: str, value: str) -> Found:
         """``(profile_id, export document)`` of the profile holding ``type_:value``, or None."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(PROFILE_SQL, (type_, identifier_hash(type_, value)))
-            row = await cur.fetchone()
-        return None if row is None else (row[0], row[1])
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Found] = loop.create_future()
+        self._pending.append((type_, identifier_hash(type_, value), fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._kick)
+        return await fut
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        while self._pending and self._inflight < self.max_inflight:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self._inflight += 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[str, str, asyncio.Future[Found]]]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    BATCH_SQL, ([t for t, _, _ in batch], [h for _, h, _ in batch])
+                )
+                rows = await cur.fetchall()
+        except Exception as exc:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            found = {n: (pid, doc) for n, pid, doc in rows}
+            for n, (_, _, fut) in enumerate(batch, 1):
+                if not fut.done():  # a request cancelled meanwhile (client went away)
+                    fut.set_result(found.get(n))
+        finally:
+            self._inflight -= 1
+            self._kick()
 
 
 _UNAVAILABLE = {"error": "profile store unavailable"}
