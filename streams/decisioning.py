@@ -62,7 +62,7 @@ from app.domain.records import format_time, parse_time
 from app.settings import settings
 from streams.outbox import NewRow, Outbox, OutboxRow
 from streams.producer import BatchProducer
-from streams.store import Store, identifier_hash
+from streams.store import Store, identifier_hash, run
 from streams.topics import partition_of
 
 __all__ = [
@@ -363,7 +363,8 @@ class DecisionAgent:
                 decisions.append(
                     {
                         "m": p.moment.id, "p": p.profile_id, "t": p.moment.type,
-                        "mid": d.member_id, "at": now, "ch": sorted(d.channels),
+                        "mid": d.member_id, "at": now,
+                        "ch": orjson.dumps(sorted(d.channels)).decode(),
                         "doc": orjson.dumps(d.to_dict()).decode(),
                     }
                 )
@@ -374,7 +375,8 @@ class DecisionAgent:
                     history_rows.append(
                         {
                             "id": cd.decision_id, "p": p.profile_id, "mid": d.member_id,
-                            "m": p.moment.id, "ch": ch, "o": [o.offer_id for o in cd.offers],
+                            "m": p.moment.id, "ch": ch,
+                            "o": orjson.dumps([o.offer_id for o in cd.offers]).decode(),
                             "at": now,
                         }
                     )
@@ -388,24 +390,7 @@ class DecisionAgent:
                             orjson.dumps(offer_message(d, cd, p.moment, doc)),
                         )
                     )
-            if decisions:
-                conn.execute(
-                    text(
-                        "INSERT INTO decisions (moment_id, profile_id, moment_type, member_id,"
-                        " decided_at, channels, doc) VALUES (:m, :p, :t, :mid, :at, :ch,"
-                        " CAST(:doc AS jsonb)) ON CONFLICT DO NOTHING"
-                    ),
-                    decisions,
-                )
-            if history_rows:
-                conn.execute(
-                    text(
-                        "INSERT INTO contact_history (decision_id, profile_id, member_id,"
-                        " moment_id, channel, offer_ids, sent_at)"
-                        " VALUES (:id, :p, :mid, :m, :ch, :o, :at) ON CONFLICT DO NOTHING"
-                    ),
-                    history_rows,
-                )
+            _insert_decisions(conn, decisions, history_rows)
             new_rows = self.outbox.insert(conn, outbox_rows)
         self.outbox.publish(new_rows)
         self.counts.offers += len(new_rows)
@@ -492,6 +477,35 @@ def offers_file() -> Path:
 
 BATCH = 1000
 WITHIN_S = 0.05
+
+
+def _insert_decisions(
+    conn: Connection, decisions: list[dict[str, Any]], history: list[dict[str, Any]]
+) -> None:
+    """The batch's decisions and contact history, one statement each (columns as arrays;
+    the per-row text[] columns travel as JSON text and are unpacked by PostgreSQL)."""
+    if decisions:
+        run(
+            conn,
+            "INSERT INTO decisions (moment_id, profile_id, moment_type, member_id, decided_at,"
+            " channels, doc) SELECT m, p, t, mid, at,"
+            " ARRAY(SELECT jsonb_array_elements_text(ch::jsonb)), doc::jsonb"
+            " FROM unnest(%(m)b::text[], %(p)b::text[], %(t)b::text[], %(mid)b::text[],"
+            " %(at)b::timestamptz[], %(ch)b::text[], %(doc)b::text[])"
+            " AS u(m, p, t, mid, at, ch, doc) ON CONFLICT DO NOTHING",
+            {k: [d[k] for d in decisions] for k in ("m", "p", "t", "mid", "at", "ch", "doc")},
+        )
+    if history:
+        run(
+            conn,
+            "INSERT INTO contact_history (decision_id, profile_id, member_id, moment_id,"
+            " channel, offer_ids, sent_at) SELECT id, p, mid, m, ch,"
+            " ARRAY(SELECT jsonb_array_elements_text(o::jsonb)), at"
+            " FROM unnest(%(id)b::text[], %(p)b::text[], %(mid)b::text[], %(m)b::text[],"
+            " %(ch)b::text[], %(o)b::text[], %(at)b::timestamptz[])"
+            " AS u(id, p, mid, m, ch, o, at) ON CONFLICT DO NOTHING",
+            {k: [h[k] for h in history] for k in ("id", "p", "mid", "m", "ch", "o", "at")},
+        )
 
 
 def register_decisioning(

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, text
 from app.domain.events import LoyaltyEvent
 from streams.loyalty_events import encode, event_key
 from streams.producer import BatchProducer
-from streams.store import Store
+from streams.store import Store, run
 from streams.topics import LOYALTY
 
 __all__ = ["NewRow", "Outbox", "OutboxRow"]
@@ -92,14 +92,12 @@ class Outbox:
         if not new:
             return []
         uniq = {r.event_id: r for r in new}
-        rows = conn.execute(
-            text(
-                f"INSERT INTO {self.table} (event_id, partition, profile_id, type, key, payload)"
-                " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:parts AS int[]),"
-                " CAST(:pids AS text[]), CAST(:types AS text[]), CAST(:keys AS text[]),"
-                " CAST(:payloads AS bytea[]))"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload, type"
-            ),
+        rows = run(
+            conn,
+            f"INSERT INTO {self.table} (event_id, partition, profile_id, type, key, payload)"
+            " SELECT * FROM unnest(%(ids)b::text[], %(parts)b::int[], %(pids)b::text[],"
+            " %(types)b::text[], %(keys)b::text[], %(payloads)b::bytea[])"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload, type",
             {
                 "ids": list(uniq),
                 "parts": [r.partition for r in uniq.values()],

@@ -16,13 +16,56 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["IDENTITY_LOCK", "Store", "identifier_hash"]
+__all__ = ["IDENTITY_LOCK", "Store", "identifier_hash", "run"]
 
 IDENTITY_LOCK = 0x1D_E471  # pg_advisory_xact_lock key serialising identity resolution
 PARTITION_LOCK_BASE = 0x9A_0000  # + partition: one profile-stage owner per partition
+
+
+def run(conn: Connection, sql: str, params: dict[str, Any]) -> CursorResult[Any]:
+    """Execute driver-level SQL (psycopg ``%(name)b`` placeholders) on a SQLAlchemy connection.
+
+    The batch statements pass whole columns as arrays. psycopg's text format escapes every
+    array element with a regular expression (measured: 1.35 s for 5,000 2 KB payloads);
+    ``%(name)b`` sends them in the binary format instead (0.26 s). Values are still bound
+    parameters, never formatted into the SQL.
+    """
+    return conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+
+
+#: The profile upsert: columns derived from the export document in PostgreSQL.
+_UPSERT_PROFILES = (
+    "INSERT INTO profiles (profile_id, member_id, member_nos, identifiers, enrolled_at,"
+    " tier, points_balance, qualifying_spend_cents, lifetime_spend_cents, purchase_count,"
+    " last_purchase_at, lapse_risk, email_opt_in, sms_consent, admt_opt_out, push_opt_in,"
+    " as_of, doc, version, updated_at)"
+    " SELECT u.pid, d->>'member_id',"
+    " ARRAY(SELECT jsonb_array_elements_text(d->'member_nos')),"
+    " ARRAY(SELECT jsonb_array_elements_text(d->'identifiers')),"
+    " (d->>'enrolled_at')::timestamptz, d->>'tier', (d->>'points_balance')::bigint,"
+    " (d->>'qualifying_spend_cents')::bigint, (d->>'lifetime_spend_cents')::bigint,"
+    " (d->>'purchase_count')::int, (d->>'last_purchase_at')::timestamptz,"
+    " (d->>'lapse_risk')::boolean, (d->'consent'->>'email_opt_in')::boolean,"
+    " (d->'consent'->>'sms_consent')::boolean, (d->'consent'->>'admt_opt_out')::boolean,"
+    " (d->'consent'->>'push_opt_in')::boolean, (d->>'as_of')::timestamptz, d, u.version, now()"
+    " FROM unnest(%(pids)b::text[], %(docs)b::text[], %(versions)b::bigint[])"
+    " AS u(pid, doc, version) CROSS JOIN LATERAL (SELECT u.doc::jsonb AS d) j"
+    " ON CONFLICT (profile_id) DO UPDATE SET member_id = EXCLUDED.member_id,"
+    " member_nos = EXCLUDED.member_nos, identifiers = EXCLUDED.identifiers,"
+    " enrolled_at = EXCLUDED.enrolled_at, tier = EXCLUDED.tier,"
+    " points_balance = EXCLUDED.points_balance,"
+    " qualifying_spend_cents = EXCLUDED.qualifying_spend_cents,"
+    " lifetime_spend_cents = EXCLUDED.lifetime_spend_cents,"
+    " purchase_count = EXCLUDED.purchase_count,"
+    " last_purchase_at = EXCLUDED.last_purchase_at, lapse_risk = EXCLUDED.lapse_risk,"
+    " email_opt_in = EXCLUDED.email_opt_in, sms_consent = EXCLUDED.sms_consent,"
+    " admt_opt_out = EXCLUDED.admt_opt_out, push_opt_in = EXCLUDED.push_opt_in,"
+    " as_of = EXCLUDED.as_of, doc = EXCLUDED.doc, version = EXCLUDED.version,"
+    " updated_at = now()"
+)
 
 
 def identifier_hash(type_: str, value: str) -> str:
@@ -66,14 +109,12 @@ class Store:
         """Insert new records (duplicates ignored); returns the highest seq assigned, or 0."""
         if not rows:
             return 0
-        result = conn.execute(
-            text(
-                "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
-                " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]),"
-                " CAST(:times AS timestamptz[]), CAST(:types AS text[]),"
-                " CAST(:payloads AS bytea[]))"
-                " ON CONFLICT (record_id) DO NOTHING RETURNING seq"
-            ),
+        result = run(
+            conn,
+            "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
+            " SELECT * FROM unnest(%(ids)b::text[], %(pids)b::text[], %(times)b::timestamptz[],"
+            " %(types)b::text[], %(payloads)b::bytea[])"
+            " ON CONFLICT (record_id) DO NOTHING RETURNING seq",
             {
                 "ids": [r["record_id"] for r in rows],
                 "pids": [r["profile_id"] for r in rows],
@@ -170,75 +211,38 @@ class Store:
     def upsert_profiles(
         conn: Connection, docs: dict[str, dict[str, Any]], versions: dict[str, int]
     ) -> None:
-        """Write snapshots (the export document plus its columns) and the identifier index."""
+        """Write snapshots (the export document plus its columns) and the identifier index.
+
+        One statement for the whole batch: the documents go as one binary text array and
+        PostgreSQL derives the query columns from the jsonb, so the per-profile cost on this
+        side is one ``orjson.dumps``.
+        """
         if not docs:
             return
-        params = []
-        for pid, doc in docs.items():
-            consent = doc["consent"]
-            params.append(
-                {
-                    "pid": pid,
-                    "member_id": doc["member_id"],
-                    "member_nos": doc["member_nos"],
-                    "identifiers": doc["identifiers"],
-                    "enrolled_at": doc["enrolled_at"],
-                    "tier": doc["tier"],
-                    "points_balance": doc["points_balance"],
-                    "q": doc["qualifying_spend_cents"],
-                    "life": doc["lifetime_spend_cents"],
-                    "n": doc["purchase_count"],
-                    "last": doc["last_purchase_at"],
-                    "lapse": doc["lapse_risk"],
-                    "email": consent["email_opt_in"],
-                    "sms": consent["sms_consent"],
-                    "admt": consent["admt_opt_out"],
-                    "push": consent["push_opt_in"],
-                    "as_of": doc["as_of"],
-                    "doc": orjson.dumps(doc).decode(),
-                    "version": versions[pid],
-                }
-            )
-        conn.execute(
-            text(
-                "INSERT INTO profiles (profile_id, member_id, member_nos, identifiers, enrolled_at,"
-                " tier, points_balance, qualifying_spend_cents, lifetime_spend_cents,"
-                " purchase_count, last_purchase_at, lapse_risk, email_opt_in, sms_consent,"
-                " admt_opt_out, push_opt_in, as_of, doc, version, updated_at)"
-                " VALUES (:pid, :member_id, :member_nos, :identifiers, :enrolled_at, :tier,"
-                " :points_balance, :q, :life, :n, :last, :lapse, :email, :sms, :admt, :push,"
-                " :as_of, CAST(:doc AS jsonb), :version, now())"
-                " ON CONFLICT (profile_id) DO UPDATE SET member_id = EXCLUDED.member_id,"
-                " member_nos = EXCLUDED.member_nos, identifiers = EXCLUDED.identifiers,"
-                " enrolled_at = EXCLUDED.enrolled_at, tier = EXCLUDED.tier,"
-                " points_balance = EXCLUDED.points_balance,"
-                " qualifying_spend_cents = EXCLUDED.qualifying_spend_cents,"
-                " lifetime_spend_cents = EXCLUDED.lifetime_spend_cents,"
-                " purchase_count = EXCLUDED.purchase_count,"
-                " last_purchase_at = EXCLUDED.last_purchase_at, lapse_risk = EXCLUDED.lapse_risk,"
-                " email_opt_in = EXCLUDED.email_opt_in, sms_consent = EXCLUDED.sms_consent,"
-                " admt_opt_out = EXCLUDED.admt_opt_out, push_opt_in = EXCLUDED.push_opt_in,"
-                " as_of = EXCLUDED.as_of, doc = EXCLUDED.doc, version = EXCLUDED.version,"
-                " updated_at = now()"
-            ),
-            params,
-        )
-        conn.execute(
-            text("DELETE FROM profile_identifiers WHERE profile_id = ANY(:ids)"),
+        run(conn, _UPSERT_PROFILES, {
+            "pids": list(docs),
+            "docs": [orjson.dumps(d).decode() for d in docs.values()],
+            "versions": [versions[pid] for pid in docs],
+        })
+        run(
+            conn,
+            "DELETE FROM profile_identifiers WHERE profile_id = ANY(%(ids)b::text[])",
             {"ids": list(docs)},
         )
-        idents = [
-            {"t": t, "h": identifier_hash(t, v), "pid": pid}
-            for pid, doc in docs.items()
-            for t, v in (i.split(":", 1) for i in doc["identifiers"])
-        ]
-        if idents:
-            conn.execute(
-                text(
-                    "INSERT INTO profile_identifiers (type, value_hash, profile_id)"
-                    " VALUES (:t, :h, :pid) ON CONFLICT DO NOTHING"
-                ),
-                idents,
+        types, hashes, pids = [], [], []
+        for pid, doc in docs.items():
+            for ident in doc["identifiers"]:
+                t, v = ident.split(":", 1)
+                types.append(t)
+                hashes.append(identifier_hash(t, v))
+                pids.append(pid)
+        if pids:
+            run(
+                conn,
+                "INSERT INTO profile_identifiers (type, value_hash, profile_id)"
+                " SELECT * FROM unnest(%(t)b::text[], %(h)b::text[], %(p)b::text[])"
+                " ON CONFLICT DO NOTHING",
+                {"t": types, "h": hashes, "p": pids},
             )
 
     @staticmethod
