@@ -22,20 +22,11 @@ from streams import api_server
 from streams.api import _profile, parse_decision_request
 from streams.api_server import ApiSupervisor, ProfileReader, build_api_app
 from streams.store import Store
+from tests.test_decisions_api import MEMBER_DOC
 
 pytest_plugins = ["tests.pg_support"]
 
-DOC = {
-    "member_id": "M1", "member_nos": ["M1"],
-    "identifiers": ["card_no:C1", "email:ann@example.com", "member_no:M1"],
-    "enrolled_at": "2026-01-01T00:00:00.000000Z", "tier": "silver",
-    "points_balance": 960, "qualifying_spend_cents": 60000,
-    "lifetime_spend_cents": 60000, "purchase_count": 4,
-    "last_purchase_at": "2026-06-01T00:00:00.000000Z", "lapse_risk": False,
-    "consent": {"email_opt_in": False, "sms_consent": False, "admt_opt_out": False,
-                "push_opt_in": False},
-    "as_of": "2026-06-10T00:00:00.000000Z",
-}
+DOC = {**MEMBER_DOC, "identifiers": ["card_no:C1", "email:ann@example.com", "member_no:M1"]}
 GUEST = {**DOC, "member_id": None, "member_nos": [], "identifiers": ["card_no:C1"],
          "tier": None, "enrolled_at": None}
 LOOKUPS = [("email", "ann@example.com"), ("member_no", "M1"), ("card_no", "C1"),

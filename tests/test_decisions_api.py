@@ -16,6 +16,18 @@ from streams.store import Store
 pytest_plugins = ["tests.pg_support"]
 
 NOW = datetime(2026, 6, 10, 16, 0, tzinfo=UTC)
+#: a silver member 40 points short of the 1,000 milestone (also used by test_api_server)
+MEMBER_DOC: dict[str, object] = {
+    "member_id": "M1", "member_nos": ["M1"],
+    "identifiers": ["email:ann@example.com", "member_no:M1"],
+    "enrolled_at": "2026-01-01T00:00:00.000000Z", "tier": "silver",
+    "points_balance": 960, "qualifying_spend_cents": 60000,
+    "lifetime_spend_cents": 60000, "purchase_count": 4,
+    "last_purchase_at": "2026-06-01T00:00:00.000000Z", "lapse_risk": False,
+    "consent": {"email_opt_in": False, "sms_consent": False, "admt_opt_out": False,
+                "push_opt_in": False},
+    "as_of": "2026-06-10T00:00:00.000000Z",
+}
 
 
 def _body(**kw: object) -> bytes:
@@ -69,16 +81,7 @@ def store(source_dsns: dict[str, str]) -> Iterator[Store]:
     s = Store(source_dsns["cdp"])
     with s.tx() as conn:
         conn.execute(text("TRUNCATE profiles, profile_identifiers"))
-        s.upsert_profiles(conn, {"P1": {
-            "member_id": "M1", "member_nos": ["M1"],
-            "identifiers": ["email:ann@example.com", "member_no:M1"],
-            "enrolled_at": "2026-01-01T00:00:00.000000Z", "tier": "silver",
-            "points_balance": 960, "qualifying_spend_cents": 60000,
-            "lifetime_spend_cents": 60000, "purchase_count": 4,
-            "last_purchase_at": "2026-06-01T00:00:00.000000Z", "lapse_risk": False,
-            "consent": {"email_opt_in": False, "sms_consent": False, "admt_opt_out": False,
-                        "push_opt_in": False},
-            "as_of": "2026-06-10T00:00:00.000000Z"}}, {"P1": 1})
+        s.upsert_profiles(conn, {"P1": MEMBER_DOC}, {"P1": 1})
     yield s
     s.dispose()
 

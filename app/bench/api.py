@@ -12,8 +12,10 @@ the answer) on the same 2-core box as the whole stack:
   is shed and counted;
 * **saturation**: ``concurrency`` closed-loop clients for ``duration`` s; req/s achieved.
 
-Each phase also reports the client's own CPU (CPU seconds per second): near 1.0 would mean
-the load generator, not the API, set the pace.
+Each phase also reports the client's own CPU (CPU seconds per second: near 1.0 would mean
+the load generator, not the API, set the pace) and the API process's CPU milliseconds per
+answered request, read from /proc: ``1000 / server_cpu_ms`` is what one free core would
+serve, a figure that holds on a host shared with other load, where req/s and tails do not.
 
 Requests cycle over the members (by card number), 1 in 10 an unknown email, with a 2-line
 cart. Offers/s: ``events`` synthetic ``loyalty.milestone_approaching`` events (unique ids,
@@ -25,9 +27,10 @@ end. Figures only; nothing is asserted.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +45,7 @@ from app.bench.cdc import _percentile, bench_state_dir, machine_info
 from app.bench.pipeline import _end_offsets
 from app.domain.records import format_time
 from app.stack import embedded, pipeline
+from app.stack.state import StackPaths
 from streams.store import Store
 
 Say = Callable[[str], None]
@@ -66,6 +70,9 @@ class Phase:
     max_ms: float
     shed: int = 0  # steady phase: due while every connection was busy, not sent
     client_cpu: float = 0.0  # the load generator's CPU seconds per second (1.0 = one core)
+    #: the API process's CPU per answered request (ms): how many req/s one idle core would
+    #: serve, whatever else the host was running (None: the process was not found)
+    server_cpu_ms: float | None = None
 
 
 @dataclass
@@ -202,6 +209,42 @@ async def _saturation(url: str, bodies: list[bytes], concurrency: int, duration:
     return _phase(lat, errors, elapsed, None, cpu)
 
 
+def _api_process(state_dir: Path) -> int | None:
+    """Pid of the worker's API process (``streams.api_server``), from /proc."""
+    wpid = StackPaths(state_dir.resolve()).process("worker").pid()
+    if wpid is None:
+        return None
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit():
+                continue
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == wpid and b"streams.api_server" in (d / "cmdline").read_bytes():
+                return int(d.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _with_server_cpu(pid: int | None, run: Callable[[], Coroutine[Any, Any, Phase]]) -> Phase:
+    before = _cpu_seconds(pid)
+    phase = asyncio.run(run())
+    after = _cpu_seconds(pid)
+    if before is not None and after is not None and phase.requests:
+        phase.server_cpu_ms = round((after - before) * 1000 / phase.requests, 3)
+    return phase
+
+
 def _seed(st: dict[str, Any], members: int) -> None:
     now = datetime.now(UTC)
     with psycopg.connect(st["sources"]["pos"]) as conn:
@@ -283,9 +326,12 @@ def run_api_bench(
             say("warm-up")
             asyncio.run(_saturation(url, bodies, 4, 2.0))
             say(f"steady: {rate} req/s for {duration:.0f} s")
-            steady = asyncio.run(_steady(url, bodies, rate, duration))
+            api_pid = _api_process(sd)
+            steady = _with_server_cpu(api_pid, lambda: _steady(url, bodies, rate, duration))
             say(f"saturation: {concurrency} clients for {duration:.0f} s")
-            sat = asyncio.run(_saturation(url, bodies, concurrency, duration))
+            sat = _with_server_cpu(
+                api_pid, lambda: _saturation(url, bodies, concurrency, duration)
+            )
             moments, offers, secs = _agent_phase(st, events, say)
             return ApiBenchResult(
                 members=members, steady=steady, saturation=sat, concurrency=concurrency,
@@ -300,11 +346,13 @@ def run_api_bench(
 
 def format_table(r: ApiBenchResult) -> str:
     lines = [f"{'phase':16} {'target':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-             f"{'max ms':>7} {'errors':>6} {'shed':>5} {'client cpu':>10}"]
+             f"{'max ms':>7} {'errors':>6} {'shed':>5} {'client cpu':>10} "
+             f"{'server ms cpu/req':>17}"]
     for name, ph in (("steady", r.steady), (f"saturation({r.concurrency})", r.saturation)):
         tgt = "-" if ph.target_rps is None else f"{ph.target_rps:.0f}"
         lines.append(f"{name:16} {tgt:>7} {ph.achieved_rps:>8} {ph.p50_ms:>7} {ph.p99_ms:>7} "
-                     f"{ph.max_ms:>7} {ph.errors:>6} {ph.shed:>5} {ph.client_cpu:>10}")
+                     f"{ph.max_ms:>7} {ph.errors:>6} {ph.shed:>5} {ph.client_cpu:>10} "
+                     f"{ph.server_cpu_ms if ph.server_cpu_ms is not None else '-':>17}")
     lines.append(
         f"agent: {r.agent_moments:,} moments -> {r.agent_offers:,} offers in "
         f"{r.agent_seconds} s = {r.agent_offers_per_s} offers/s "
