@@ -325,7 +325,21 @@ def profiles_export(
     _say(f"exported {n} profiles" + (f" to {out}" if out else ""))
 
 
-@app.command("erase")
+ERASE_HELP = (
+    "GDPR erasure: remove the person holding IDENTIFIER from the profile store and the"
+    " compacted cdp.profiles topic, and audit it (erasure_audit, without PII).\n\n"
+    "Erased: the person's records, parked and rejected records, profiles and identifier"
+    " index rows, loyalty and offer outbox rows, decisions and contact history; a tombstone"
+    " per profile id goes to cdp.profiles and the owning worker drops its cached state.\n\n"
+    "NOT erased: topics that are not compacted (the change topics pos|web|app.public.*,"
+    " cdp.events, loyalty.events, offers.*) keep their messages until retention, and the"
+    " source databases are the retailer's systems of record: erase the person there too"
+    " (Debezium then captures the deletes). A replay while they still hold the person brings"
+    " the profile back."
+)
+
+
+@app.command("erase", help=ERASE_HELP)
 def erase_cmd(
     identifier: str = typer.Argument(
         ..., help="Member number (M100) or type:value (email:a@b.com, card_no:C1, phone:...)."
@@ -339,19 +353,7 @@ def erase_cmd(
     ),
     state_dir: Path | None = StateDir,
 ) -> None:
-    """GDPR erasure: remove the person holding IDENTIFIER from the profile store and the
-    compacted cdp.profiles topic, and audit it (erasure_audit, without PII).
-
-    Erased: the person's records, parked and rejected records, profiles and identifier index
-    rows, loyalty and offer outbox rows, decisions and contact history; a tombstone per
-    profile id goes to cdp.profiles and the owning worker drops its cached state.
-
-    NOT erased: topics that are not compacted (the change topics pos|web|app.public.*,
-    cdp.events, loyalty.events, offers.*) keep their messages until retention, and the source
-    databases are the retailer's systems of record: erase the person there too (Debezium then
-    captures the deletes). A replay while they still hold the person brings the profile back.
-    """
-
+    """GDPR erasure of one person (help: ERASE_HELP; design: streams/erasure.py)."""
     from streams.erasure import (
         ErasureError,
         announce,
