@@ -1,6 +1,6 @@
 """GDPR erasure (SPEC 10): remove one person from the profile store and ``cdp.profiles``.
 
-``loyalty-cdp erase <identifier>`` (``app/erase_cli.py``) calls :func:`erase`, then
+``loyalty-cdp erase <identifier>`` (``app/cli.py``) calls :func:`erase`, then
 :func:`announce`, then :func:`complete`.
 
 **Who.** The identifier is parsed like ``GET /v1/members/{id}`` (:func:`streams.api.
