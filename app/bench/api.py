@@ -89,6 +89,9 @@ class ApiBenchResult:
     agent_offers_per_s: float
     agent_moments_per_s: float
     machine: dict[str, Any]
+    #: 1-minute load average before the steady phase and after the saturation phase: above
+    #: the core count, other processes were competing with the stack for the CPU
+    load_avg: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -406,18 +409,20 @@ def run_api_bench(
             asyncio.run(_saturation(url, bodies, 4, 2.0))
             say(f"steady: {rate} req/s for {duration:.0f} s")
             api_pid = _api_process(sd)
+            load_before = os.getloadavg()[0]
             steady = _with_server_cpu(api_pid, lambda: _steady(url, bodies, rate, duration))
             say(f"saturation: {concurrency} clients for {duration:.0f} s")
             sat = _with_server_cpu(
                 api_pid, lambda: _saturation(url, bodies, concurrency, duration)
             )
+            load_after = os.getloadavg()[0]
             moments, offers, secs = _agent_phase(st, events, say)
             return ApiBenchResult(
                 members=members, steady=steady, saturation=sat, concurrency=concurrency,
                 agent_moments=moments, agent_offers=offers, agent_seconds=round(secs, 2),
                 agent_offers_per_s=round(offers / secs, 1) if secs else 0.0,
                 agent_moments_per_s=round(moments / secs, 1) if secs else 0.0,
-                machine=machine_info(),
+                machine=machine_info(), load_avg=(load_before, load_after),
             )
         finally:
             embedded.down(sd, drain_timeout=10)
@@ -432,6 +437,8 @@ def format_table(r: ApiBenchResult) -> str:
         lines.append(f"{name:16} {tgt:>7} {ph.achieved_rps:>8} {ph.p50_ms:>7} {ph.p99_ms:>7} "
                      f"{ph.max_ms:>7} {ph.errors:>6} {ph.shed:>5} {ph.client_cpu:>10} "
                      f"{ph.server_cpu_ms if ph.server_cpu_ms is not None else '-':>17}")
+    lines.append(f"load average (1 min) before/after the API phases: "
+                 f"{r.load_avg[0]:.1f} / {r.load_avg[1]:.1f} on {r.machine['cpus']} cores")
     lines.append(
         f"agent: {r.agent_moments:,} moments -> {r.agent_offers:,} offers in "
         f"{r.agent_seconds} s = {r.agent_offers_per_s} offers/s "
