@@ -23,19 +23,21 @@ Design:
   (what ``up`` and the tests wait for) still means the worker's web server is up.
 * **Live state from the store.** The stages commit every profile to PostgreSQL (``cdp``
   database) before anything downstream sees it; the API reads the same rows with psycopg 3's
-  ``AsyncConnectionPool`` (autocommit, one parameterised statement, prepared server-side after
-  its first uses, ``jsonb`` decoded by orjson). No stream state is shared in memory, so any
-  number of API processes can serve one store.
+  ``AsyncConnectionPool`` (autocommit, one parameterised statement, prepared server-side,
+  ``jsonb`` decoded by orjson), the lookups of concurrent requests batched
+  (:class:`ProfileReader`). No stream state is shared in memory, so any number of API
+  processes can serve one store.
 * **Cheap requests.** The program and the offer catalog are compiled once at start; a request
   is one indexed lookup plus :func:`app.decisioning.decide` (~0.2 ms) on the loop, answered
-  with ``orjson`` (the bytes and headers the Faust server produced: ``application/json;
-  charset=utf-8``, same options). No access log: paths carry identifiers (emails, phones).
-* **Dies with the worker.** The worker starts this process as its child in its own process
-  group (``stop`` of the stack signals the whole group), asks the kernel to SIGTERM it when the
-  worker dies (``PR_SET_PDEATHSIG``) and watches its parent pid as well. The worker's
-  :class:`ApiSupervisor` restarts it when it dies (at most :data:`MAX_RESTARTS` times in
-  :data:`RESTART_WINDOW_S`; beyond that the worker shuts down, as it is useless without its
-  web port) and terminates it when the worker stops.
+  with ``orjson`` through Faust's own ``dumps`` (so the bytes and headers are those the
+  Faust views produced: ``application/json; charset=utf-8``). No access log: paths carry
+  identifiers (emails, phones).
+* **Dies with the worker.** The worker starts this process as its child, in the worker's
+  process group (``stop`` of the stack signals the whole group); it asks the kernel for a
+  SIGTERM when the worker dies (``PR_SET_PDEATHSIG``) and watches its parent pid as well.
+  The worker's :class:`ApiSupervisor` restarts it when it dies (at most
+  :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_S`; beyond that the worker shuts down,
+  as it is useless without its web port) and terminates it when the worker stops.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from typing import Any
 
 import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from faust.utils.json import dumps as faust_json_dumps
 from multidict import CIMultiDict
 from psycopg import AsyncConnection
 from psycopg.types.json import set_json_loads
@@ -90,12 +93,13 @@ _HOP_BY_HOP = frozenset(
         "trailer", "transfer-encoding", "upgrade", "host", "content-length",
     }
 )
-_JSON_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z  # as faust.utils.json.dumps
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
+    """What ``faust.web.View.json`` sent: orjson with Faust's options and fallbacks (Decimal,
+    datetime, ...), ``application/json; charset=utf-8``."""
     return web.Response(
-        body=orjson.dumps(value, option=_JSON_OPTS), status=status,
+        body=faust_json_dumps(value), status=status,
         content_type="application/json", charset="utf-8",
     )
 
