@@ -13,7 +13,7 @@ numbers reach consumers through the profile snapshot).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime
 from hashlib import blake2b
 from typing import Any, NamedTuple
 
@@ -38,16 +38,45 @@ EVENT_TYPES = (
 )
 
 
+HASH = blake2b(digest_size=16)  # copied per id: cheaper than a new hash with its options
+_DAYS: dict[int, str] = {}  # proleptic ordinal -> "YYYY-MM-DDT"
+_CLOCKS: dict[int, str] = {}  # second of the day -> "HH:MM:SS" (at most 86,400 entries)
+
+
+def spell_time(at: datetime) -> str:
+    """``at.isoformat()``, the spelling hashed into event ids, about 3x cheaper for UTC
+    times (the only kind the domain holds): the day and the second of the day are spelled
+    once each and cached. Any other ``tzinfo`` takes ``isoformat()`` itself."""
+    if at.tzinfo is not UTC:
+        return at.isoformat()
+    o = at.toordinal()
+    day = _DAYS.get(o)
+    if day is None:
+        if len(_DAYS) >= 100_000:  # bound the cache (a day is ~60 bytes)
+            _DAYS.clear()
+        day = _DAYS[o] = date.fromordinal(o).isoformat() + "T"
+    h, m, s = at.hour, at.minute, at.second
+    sod = h * 3600 + m * 60 + s
+    clock = _CLOCKS.get(sod)
+    if clock is None:
+        clock = _CLOCKS[sod] = f"{h:02d}:{m:02d}:{s:02d}"
+    us = at.microsecond
+    if us:
+        return f"{day}{clock}.{us:06d}+00:00"
+    return f"{day}{clock}+00:00"
+
+
 def event_id(type_: str, effective_at: datetime, cause: str, discriminator: str = "") -> str:
     """Same inputs, same id: consumers drop redelivered or re-emitted events by it."""
-    return event_id_at(type_, effective_at.isoformat(), cause, discriminator)
+    return event_id_at(type_, spell_time(effective_at), cause, discriminator)
 
 
 def event_id_at(type_: str, at_iso: str, cause: str, discriminator: str) -> str:
     """:func:`event_id` with the time already spelled (``datetime.isoformat()`` of a UTC
     time: all domain times are UTC-aware, so it is one canonical spelling per instant)."""
-    raw = f"{type_}|{at_iso}|{cause}|{discriminator}".encode()
-    return blake2b(raw, digest_size=16).hexdigest()
+    h = HASH.copy()
+    h.update(f"{type_}|{at_iso}|{cause}|{discriminator}".encode())
+    return h.hexdigest()
 
 
 class LoyaltyEvent(NamedTuple):

@@ -12,6 +12,13 @@ notices, lapse risk.
 
 The fold never reads a clock and never does float arithmetic: multipliers are Fractions,
 amounts integer cents, times aware UTC datetimes.
+
+It is the hot path of the domain (every record of every member goes through it), so it is
+written for CPython speed rather than elegance: purchases and lots are small lists (indexes
+``P_*`` and ``ledger.L_*``) instead of dataclasses, the ledger's earn and expiry are inlined,
+a record is dispatched on its exact type, and an event id hashes a copy of a prepared
+blake2b with the time spelled by :func:`app.domain.events.spell_time` (cached day and clock
+strings instead of ``datetime.isoformat()``). Same states, events and ids as before.
 """
 
 from __future__ import annotations
@@ -20,16 +27,13 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from copy import copy
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from hashlib import blake2b
 from typing import Any
 
-from app.domain.events import LoyaltyEvent
-from app.domain.ledger import Ledger, Lot
-from app.domain.milestones import crossings
+from app.domain.events import HASH, LoyaltyEvent, spell_time
+from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, Ledger, Lot
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     ConsentChanged,
@@ -55,19 +59,10 @@ CONSENT_DEFAULTS = {
     "push_token": False,
 }
 
-
-@dataclass(slots=True)
-class Purchase:
-    """What the fold remembers of a purchase: enough to apply any later refund."""
-
-    record_id: str
-    at: datetime
-    amount: int
-    refunded: int = 0
-    points: int = 0
-    reversed: int = 0
-    enrolled: bool = False
-    in_window: bool = False
+# What the fold remembers of a purchase, enough to apply any later refund: a list
+# [record_id, at, amount, refunded, points, reversed, enrolled, in_window].
+P_RECORD, P_AT, P_AMOUNT, P_REFUNDED, P_POINTS, P_REVERSED, P_ENROLLED, P_IN_WINDOW = range(8)
+Purchase = list[Any]
 
 
 def _fraction_text(f: Fraction) -> str:
@@ -78,6 +73,7 @@ class Fold:
     """Derived state of one cluster at ``as_of``; see the module docstring for the order."""
 
     __slots__ = (
+        "_hold_next",
         "_iso",
         "_iso_at",
         "_last_purchase_record",
@@ -131,6 +127,7 @@ class Fold:
         self.qualifying = 0
         self.tier = 0
         self.holds: dict[int, tuple[datetime, str]] = {}
+        self._hold_next = FAR  # earliest hold end, or earlier (see _effects_at)
         self.identifiers: set[Identifier] = set()  # every identifier the cluster linked
         self.lifetime = 0
         self.purchase_count = 0
@@ -159,23 +156,15 @@ class Fold:
         led = self.ledger
         data["balance"] = led.total - led.debt
         if at is not self._iso_at:  # several events share an instant: spell it once
-            self._iso_at, self._iso = at, at.isoformat()
+            self._iso_at, self._iso = at, spell_time(at)
+        h = HASH.copy()
+        h.update(f"{type_}|{self._iso}|{cause}|{disc}".encode())
         events = self.events
         assert events is not None
         events.append(
             _new_event(
                 LoyaltyEvent,
-                (
-                    blake2b(
-                        f"{type_}|{self._iso}|{cause}|{disc}".encode(), digest_size=16
-                    ).hexdigest(),
-                    type_,
-                    self.profile_id,
-                    self.member_id,
-                    at,
-                    cause,
-                    data,
-                ),
+                (h.hexdigest(), type_, self.profile_id, self.member_id, at, cause, data),
             )
         )
 
@@ -186,12 +175,13 @@ class Fold:
         and "after" folds instead of folding the prefix twice.
         """
         new = copy(self)
-        purchases = {id(p): copy(p) for p in self.purchases.values()}
+        purchases = {id(p): p.copy() for p in self.purchases.values()}
         new.purchases = {k: purchases[id(p)] for k, p in self.purchases.items()}
         new.window = deque(purchases[id(p)] for p in self.window)
         new.ledger = self.ledger.clone()
         new.holds = dict(self.holds)
         new.consent = dict(self.consent)
+        new.identifiers = set(self.identifiers)
         new.events = None if self.events is None else []
         return new
 
@@ -206,8 +196,9 @@ class Fold:
 
     def run(self, records: Iterable[Record], until: datetime | None = None) -> Fold:
         """Apply records (already in fold order), then advance to ``until`` if later."""
+        apply = self.apply
         for r in records:
-            self.apply(r)
+            apply(r)
         if until is not None:
             self.advance(until)
         return self
@@ -222,11 +213,18 @@ class Fold:
     def apply(self, r: Record) -> None:
         """Apply one record; the caller guarantees fold order."""
         t = r.occurred_at
-        self.advance(t)
-        if r.identifiers:  # before the record's own events, so they carry the member id
-            self.identifiers.update(r.identifiers)
-            self.member_id = smallest_member_no(r.identifiers, self.member_id)
-        if isinstance(r, PurchaseCompleted):
+        if self._next_due <= t:
+            self._run_effects(t)
+        as_of = self.as_of
+        if as_of is None or t > as_of:
+            self.as_of = t
+        ids = r.identifiers
+        # before the record's own events, so they carry the member id; an identifier
+        # already known was already considered for the member id
+        if ids and not self.identifiers.issuperset(ids):
+            self.identifiers.update(ids)
+            self.member_id = smallest_member_no(ids, self.member_id)
+        if isinstance(r, PurchaseCompleted):  # most records: test it first
             self._purchase(r, t)
         elif isinstance(r, PurchaseRefunded):
             self._refund(r, t)
@@ -247,13 +245,25 @@ class Fold:
     # -- time-driven effects ------------------------------------------------------------
 
     def _compute_next_due(self) -> datetime:
-        best = self.window[0].at + self.program.window if self.window else FAR
-        for until, _ in self.holds.values():
-            if until < best:
-                best = until
-        led = self.ledger.next_due()
-        if led is not None and led < best:
-            best = led
+        window = self.window
+        best: datetime = window[0][P_AT] + self.program.window if window else FAR
+        if self._hold_next < best:
+            best = self._hold_next
+        # the ledger's next due (expiry or notice), emptied lots skipped
+        led = self.ledger
+        lots, notices = led.lots, led.notices
+        while lots and not lots[0][L_REMAINING]:
+            lots.popleft()
+        if lots:
+            due: datetime = lots[0][L_EARNED] + led.life
+            if due < best:
+                best = due
+        while notices and not notices[0][L_REMAINING]:
+            notices.popleft()
+        if notices:
+            due = notices[0][L_EARNED] + led.notice_offset
+            if due < best:
+                best = due
         lapse = self.lapse_due
         if lapse is not None and lapse < best and not self.lapse_risk:
             best = lapse
@@ -273,37 +283,52 @@ class Fold:
         window = self.window
         if window:
             win = self.program.window
-            while window and window[0].at + win <= d:
+            while window and window[0][P_AT] + win <= d:
                 p = window.popleft()
-                p.in_window = False
-                net = p.amount - p.refunded
+                p[P_IN_WINDOW] = False
+                net = p[P_AMOUNT] - p[P_REFUNDED]
                 self.qualifying -= net
                 if cause is None and net:  # a fully refunded purchase leaving changes nothing
-                    cause, reason = p.record_id, "window_exit"
+                    cause, reason = p[P_RECORD], "window_exit"
         holds = self.holds
-        if holds:
+        if self._hold_next <= d:
             for level in sorted(holds):
                 until, hold_cause = holds[level]
                 if until <= d:
                     del holds[level]
                     if cause is None:
                         cause, reason = hold_cause, "hold_expired"
+            self._hold_next = min([u for u, _ in holds.values()], default=FAR)
         if cause is not None:
             self._retier(d, cause, reason)
-        on = self._on(d)
-        ledger = self.ledger
-        for lot, amount in ledger.expire(d):
-            if on:
-                self._emit(
-                    "points_expired", d, lot.cause, lot.purchase_id,
-                    {"points": amount, "earned_at": lot.earned_at},
-                )
-        for lot in ledger.due_notices(d):
-            if on:
-                self._emit(
-                    "points_expiring", d, lot.cause, lot.purchase_id,
-                    {"points": lot.remaining, "expires_at": ledger.expires_at(lot)},
-                )
+        on = self.events is not None and (self.emit_since is None or d >= self.emit_since)
+        led = self.ledger
+        lots = led.lots
+        if lots:  # expiries, one event per lot with the balance after it
+            life = led.life
+            by_purchase = led.by_purchase
+            while lots and lots[0][L_EARNED] + life <= d:
+                lot = lots.popleft()
+                by_purchase.pop(lot[L_PURCHASE], None)
+                amount = lot[L_REMAINING]
+                if amount:
+                    lot[L_REMAINING] = 0
+                    led.total -= amount
+                    if on:
+                        self._emit(
+                            "points_expired", d, lot[L_CAUSE], lot[L_PURCHASE],
+                            {"points": amount, "earned_at": lot[L_EARNED]},
+                        )
+        notices = led.notices
+        if notices:  # expiring notices of lots still holding points
+            offset = led.notice_offset
+            while notices and notices[0][L_EARNED] + offset <= d:
+                lot = notices.popleft()
+                if lot[L_REMAINING] and on:
+                    self._emit(
+                        "points_expiring", d, lot[L_CAUSE], lot[L_PURCHASE],
+                        {"points": lot[L_REMAINING], "expires_at": lot[L_EARNED] + led.life},
+                    )
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
             self.lapse_risk = True
             last, first, n = self.lapse_last, self.lapse_first, self.lapse_n
@@ -321,9 +346,11 @@ class Fold:
     # -- tiers --------------------------------------------------------------------------
 
     def _effective_tier(self) -> int:
-        st = max(0, bisect_right(self.program.tier_thresholds, self.qualifying) - 1)
+        # the base tier's threshold is 0 and Q is never negative: bisect gives >= 1
+        st = bisect_right(self.program.tier_thresholds, self.qualifying) - 1
         if self.holds:
-            return max(st, max(self.holds))
+            held = max(self.holds)
+            return held if held > st else st
         return st
 
     def _retier(self, at: datetime, cause: str, reason: str) -> None:
@@ -367,43 +394,74 @@ class Fold:
     def _purchase(self, r: PurchaseCompleted, t: datetime) -> None:
         a = r.amount_cents
         rid = r.record_id
-        p = Purchase(rid, t, a)
-        self.purchases[r.purchase_id] = p
+        pid = r.purchase_id
         self.lifetime += a
         self.purchase_count += 1
         self.last_purchase_at = t
         self.lapse_risk = False  # the next purchase ends a lapse episode
         if self.enrolled_at is None:
+            self.purchases[pid] = [rid, t, a, 0, 0, 0, False, False]
             return
         prog = self.program
-        p.enrolled = p.in_window = True
-        self.window.append(p)
-        on = self._on(t)
+        events = self.events
+        on = events is not None and (self.emit_since is None or t >= self.emit_since)
         num, den, mult_text = self._mult(self.tier, t)
         pts = (a // 100) * num // den
-        p.points = pts
+        p = [rid, t, a, 0, pts, 0, True, True]
+        self.purchases[pid] = p
+        self.window.append(p)
         led = self.ledger
         b_before = led.total - led.debt
         if pts:
-            lot = Lot(r.purchase_id, rid, t, pts)
-            repaid = led.earn(lot)
+            # ledger.earn, inlined: debt is repaid first, the rest becomes a lot
+            debt = led.debt
+            repaid = debt if debt < pts else pts
+            if repaid:
+                led.debt = debt - repaid
+            rest = pts - repaid
+            if rest:
+                lot: Lot = [pid, rid, t, rest]
+                led.lots.append(lot)
+                led.notices.append(lot)
+                led.by_purchase[pid] = lot
+                led.total += rest
             if on:
                 self._emit(
                     "points_earned", t, rid, "",
                     {"points": pts, "amount_cents": a, "multiplier": mult_text,
-                     "debt_repaid": repaid, "purchase_id": r.purchase_id},
+                     "debt_repaid": repaid, "purchase_id": pid},
                 )
         q_before = self.qualifying
         q = self.qualifying = q_before + a
         thresholds = prog.tier_thresholds
-        st_before = max(0, bisect_right(thresholds, q_before) - 1)
-        st_after = max(0, bisect_right(thresholds, q) - 1)
-        if st_after > st_before:
-            until = t + prog.hold
-            for level in range(st_before + 1, st_after + 1):
-                self.holds[level] = (until, rid)
-        self._retier(t, rid, "purchase")
-        nxt = self.tier + 1
+        # spend tiers before and after (base threshold 0, Q >= 0: bisect gives >= 1)
+        st_after = bisect_right(thresholds, q) - 1
+        if st_after:
+            st_before = bisect_right(thresholds, q_before) - 1
+            if st_after > st_before:
+                until = t + prog.hold
+                for level in range(st_before + 1, st_after + 1):
+                    self.holds[level] = (until, rid)
+                if until < self._hold_next:  # (a refreshed hold may leave it early: harmless)
+                    self._hold_next = until
+        # _retier, inlined: tier = max(spend tier, held levels)
+        holds = self.holds
+        new = st_after
+        if holds:
+            held = max(holds)
+            if held > new:
+                new = held
+        old = self.tier
+        if new != old:
+            self.tier = new
+            if on:
+                names = prog.tier_names
+                self._emit(
+                    "tier_upgraded" if new > old else "tier_downgraded", t, rid, names[new],
+                    {"from_tier": names[old], "to_tier": names[new],
+                     "qualifying_spend_cents": q, "reason": "purchase"},
+                )
+        nxt = new + 1
         if on and nxt < len(thresholds):
             top = thresholds[nxt]
             if q_before < prog.tier_approach_lo[nxt] <= q < top:
@@ -413,10 +471,19 @@ class Fold:
                      "gap_cents": top - q},
                 )
         if pts and on:
+            # milestones.crossings, inlined: upward crossings of the balance
             b_after = led.total - led.debt
-            for kind, m in crossings(prog, b_before, b_after):
-                self._emit(kind, t, rid, str(m),
-                           {"milestone": m, "gap_points": max(0, m - b_after)})
+            marks = prog.milestone_marks  # nothing to emit unless a mark is crossed
+            if b_after > b_before and bisect_right(marks, b_before) != bisect_right(
+                marks, b_after
+            ):
+                for m, lo in prog.milestone_bands:
+                    if b_before < m <= b_after:
+                        self._emit("milestone_reached", t, rid, str(m),
+                                   {"milestone": m, "gap_points": 0})
+                    elif b_before < lo <= b_after < m:
+                        self._emit("milestone_approaching", t, rid, str(m),
+                                   {"milestone": m, "gap_points": m - b_after})
         # lapse clock: purchases made while enrolled (lapse.lapse_deadline, inlined)
         n = self.lapse_n = self.lapse_n + 1
         first = self.lapse_first
@@ -433,25 +500,24 @@ class Fold:
         else:
             num = prog.lapse_num * ((t - first) // _US)
             den = prog.lapse_den * (n - 1)
-            due = self.lapse_due = t + timedelta(
-                microseconds=max(-((-num) // den), prog.lapse_floor_us)
-            )
+            due = self.lapse_due = t + _US * max(-((-num) // den), prog.lapse_floor_us)
             if due < nd:
                 nd = due
         self._next_due = nd
 
     def _refund(self, r: PurchaseRefunded, t: datetime) -> None:
         p = self.purchases[r.purchase_id]
-        dr = min(p.amount - p.refunded, r.amount_cents)
+        amount = p[P_AMOUNT]
+        dr = min(amount - p[P_REFUNDED], r.amount_cents)
         if dr <= 0:
             return
-        p.refunded += dr
+        refunded = p[P_REFUNDED] = p[P_REFUNDED] + dr
         self.lifetime -= dr
-        if not p.enrolled:
+        if not p[P_ENROLLED]:
             return  # a purchase made before enrollment moves no points and no Q
-        rev = p.points * p.refunded // p.amount
-        inc = rev - p.reversed
-        p.reversed = rev
+        rev = p[P_POINTS] * refunded // amount
+        inc = rev - p[P_REVERSED]
+        p[P_REVERSED] = rev
         if inc:
             to_debt = self.ledger.claw(inc, r.purchase_id)
             if self._on(t):
@@ -460,7 +526,7 @@ class Fold:
                     {"points": inc, "refund_cents": dr, "purchase_id": r.purchase_id,
                      "to_debt": to_debt},
                 )
-        if p.in_window:
+        if p[P_IN_WINDOW]:
             self.qualifying -= dr
             self._retier(t, r.record_id, "refund")
 

@@ -5,28 +5,28 @@ days), so "oldest first" consumption and expiry both work at the front of one de
 O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
 may go negative; new earns repay debt before they create a lot.
 
-A lot does not store its expiry and notice times: they are ``earned_at + lot_life`` and
-``earned_at + lot_life - notice_lead`` (the ledger holds both offsets), which saves two
-datetimes per live lot; ``earned_at`` is the purchase's own time object.
+A lot is a small list ``[purchase_id, cause, earned_at, remaining]`` (indexes ``L_*``):
+building one costs a quarter of a slots dataclass, and one is built per earn on the hot
+path. It does not store its expiry and notice times: they are ``earned_at + lot_life`` and
+``earned_at + lot_life - notice_lead`` (the ledger holds both offsets); ``earned_at`` is the
+purchase's own time object. The fold inlines earn and expiry; the methods here are the
+reference spelling of the same steps and serve the colder paths.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from copy import copy
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+# fields of a lot
+L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING = range(4)
+Lot = list[Any]
 
 
-@dataclass(slots=True)
-class Lot:
-    """One earn. ``remaining`` shrinks by redemptions, clawbacks and expiry."""
-
-    purchase_id: str
-    cause: str  # record id of the purchase that earned it
-    earned_at: datetime
-    remaining: int
+def new_lot(purchase_id: str, cause: str, earned_at: datetime, points: int) -> Lot:
+    """One earn of ``points``; ``cause`` is the record id of the purchase that earned it."""
+    return [purchase_id, cause, earned_at, points]
 
 
 class Ledger:
@@ -46,9 +46,10 @@ class Ledger:
     def clone(self) -> Ledger:
         """An independent copy (lots are mutable and shared by three indexes)."""
         new = Ledger(self.life, self.notice_offset)
-        copies = {id(lot): copy(lot) for lot in self.lots}
+        copies = {id(lot): lot.copy() for lot in self.lots}
         for lot in self.notices:
-            copies.setdefault(id(lot), copy(lot))
+            if id(lot) not in copies:
+                copies[id(lot)] = lot.copy()
         new.lots = deque(copies[id(lot)] for lot in self.lots)
         new.notices = deque(copies[id(lot)] for lot in self.notices)
         new.by_purchase = {
@@ -58,22 +59,24 @@ class Ledger:
         return new
 
     def expires_at(self, lot: Lot) -> datetime:
-        return lot.earned_at + self.life
+        earned: datetime = lot[L_EARNED]
+        return earned + self.life
 
     @property
     def balance(self) -> int:
         return self.total - self.debt
 
     def earn(self, lot: Lot) -> int:
-        """Add an earn of ``lot.remaining`` points; debt is repaid first. Returns the repaid."""
-        repaid = min(self.debt, lot.remaining)
+        """Add an earn of ``lot[L_REMAINING]`` points; debt is repaid first. Returns the
+        repaid part."""
+        repaid: int = min(self.debt, lot[L_REMAINING])
         self.debt -= repaid
-        lot.remaining -= repaid
-        if lot.remaining:
+        lot[L_REMAINING] -= repaid
+        if lot[L_REMAINING]:
             self.lots.append(lot)
             self.notices.append(lot)
-            self.by_purchase[lot.purchase_id] = lot
-            self.total += lot.remaining
+            self.by_purchase[lot[L_PURCHASE]] = lot
+            self.total += lot[L_REMAINING]
         return repaid
 
     def _take_oldest(self, points: int) -> int:
@@ -81,13 +84,13 @@ class Ledger:
         lots = self.lots
         while points and lots:
             lot = lots[0]
-            n = min(lot.remaining, points)
-            lot.remaining -= n
+            n = min(lot[L_REMAINING], points)
+            lot[L_REMAINING] -= n
             self.total -= n
             points -= n
-            if not lot.remaining:
+            if not lot[L_REMAINING]:
                 lots.popleft()
-                self.by_purchase.pop(lot.purchase_id, None)
+                self.by_purchase.pop(lot[L_PURCHASE], None)
         return points
 
     def claw(self, points: int, purchase_id: str) -> int:
@@ -96,9 +99,9 @@ class Ledger:
         Returns the part that became debt.
         """
         lot = self.by_purchase.get(purchase_id)
-        if lot is not None and lot.remaining:
-            n = min(lot.remaining, points)
-            lot.remaining -= n
+        if lot is not None and lot[L_REMAINING]:
+            n = min(lot[L_REMAINING], points)
+            lot[L_REMAINING] -= n
             self.total -= n
             points -= n
         short = self._take_oldest(points)
@@ -114,45 +117,15 @@ class Ledger:
     def next_due(self) -> datetime | None:
         """Earliest pending expiry or expiring notice (lots emptied meanwhile are skipped)."""
         lots, notices = self.lots, self.notices
-        while lots and not lots[0].remaining:
+        while lots and not lots[0][L_REMAINING]:
             lots.popleft()
-        while notices and not notices[0].remaining:
+        while notices and not notices[0][L_REMAINING]:
             notices.popleft()
         if lots:
-            expires = lots[0].earned_at + self.life
+            expires: datetime = lots[0][L_EARNED] + self.life
             if notices:
-                notice = notices[0].earned_at + self.notice_offset
+                notice: datetime = notices[0][L_EARNED] + self.notice_offset
                 if notice < expires:
                     return notice
             return expires
-        return notices[0].earned_at + self.notice_offset if notices else None
-
-    def expire(self, at: datetime) -> Iterator[tuple[Lot, int]]:
-        """Expire, one by one, the lots due at or before ``at``; yields (lot, points expired).
-
-        A generator so the caller sees the balance after each lot (one event per lot).
-        """
-        lots = self.lots
-        if not lots:
-            return
-        life = self.life
-        while lots and lots[0].earned_at + life <= at:
-            lot = lots.popleft()
-            self.by_purchase.pop(lot.purchase_id, None)
-            if lot.remaining:
-                amount, lot.remaining = lot.remaining, 0
-                self.total -= amount
-                yield lot, amount
-
-    def due_notices(self, at: datetime) -> list[Lot]:
-        """Lots whose notice is due at or before ``at`` and that still hold points."""
-        out: list[Lot] = []
-        notices = self.notices
-        if not notices:
-            return out
-        offset = self.notice_offset
-        while notices and notices[0].earned_at + offset <= at:
-            lot = notices.popleft()
-            if lot.remaining:
-                out.append(lot)
-        return out
+        return notices[0][L_EARNED] + self.notice_offset if notices else None

@@ -217,6 +217,8 @@ class CompiledProgram:
     lapse_num: int = field(init=False, compare=False, repr=False)
     lapse_den: int = field(init=False, compare=False, repr=False)
     lapse_floor_us: int = field(init=False, compare=False, repr=False)
+    # every M and band edge, sorted: a balance change crosses none of them -> no milestone
+    milestone_marks: tuple[int, ...] = field(init=False, compare=False, repr=False)
     # (tier, campaign index) -> (numerator, denominator, text) of the earn multiplier
     mult_cache: dict[tuple[int, int], tuple[int, int, str]] = field(
         init=False, compare=False, repr=False
@@ -231,6 +233,7 @@ class CompiledProgram:
         put(self, "lapse_num", self.lapse_factor.numerator)
         put(self, "lapse_den", self.lapse_factor.denominator)
         put(self, "lapse_floor_us", self.lapse_floor // timedelta(microseconds=1))
+        put(self, "milestone_marks", tuple(sorted({x for b in self.milestone_bands for x in b})))
         put(self, "mult_cache", {})
 
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from sys import intern
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from app.domain.program import DEFAULT_CURRENCIES, IDENTIFIER_TYPES
 
@@ -32,8 +32,10 @@ class UnknownPurchase(InvalidRecord):
     """A refund (or line) whose purchase is not known where it must be."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Identifier:
+class Identifier(NamedTuple):
+    """A normalized identifier. A NamedTuple (not a dataclass): it is hashed into sets and
+    union-find maps for every record, and a tuple hashes and compares in C."""
+
     type: str
     value: str
 

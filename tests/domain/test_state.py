@@ -108,3 +108,24 @@ def test_engagement_is_not_stored_unless_it_brings_a_new_identifier() -> None:
     assert s.add(new) == [] and len(s.records) == n + 1
     assert "user_id:u1" in s.snapshot()["identifiers"]
     assert MemberState.from_bytes(P, s.to_bytes()).snapshot() == s.snapshot()
+
+
+def test_compacted_state_is_small_and_continues_identically() -> None:
+    s, hot = state(), state()
+    size = s.compact()
+    assert s.is_cold and size == len(s.to_bytes()) < 2048
+    assert (s.as_of, s.member_id, s.next_due) == (hot.as_of, hot.member_id, hot.next_due)
+    assert s.advance_to(at(2, 12)) == hot.advance_to(at(2, 12)) == []
+    assert s.is_cold and s.as_of == at(2, 12)  # nothing due: only as_of moved
+    nxt = buy("C", 120_000, at(3), **M)
+    assert [e.id for e in s.add(nxt)] == [e.id for e in hot.add(nxt)]
+    assert not s.is_cold and s.snapshot() == hot.snapshot()
+    s.compact()
+    assert [e.id for e in s.advance_to(at(400))] == [e.id for e in hot.advance_to(at(400))]
+    assert s.snapshot() == hot.snapshot() and s.records == hot.records
+
+
+def test_reads_the_readable_format_1() -> None:
+    s = state()
+    old = MemberState.from_bytes(P, orjson.dumps(s.to_dict()))
+    assert old.snapshot() == s.snapshot() and old.records == s.records
