@@ -93,6 +93,7 @@ def bench_domain(
     records: int = typer.Option(200_000, "--records", min=1000, help="Records of the rate test."),
     members: int = typer.Option(1000, "--members", min=1, help="Members of the memory test."),
     repeats: int = typer.Option(15, "--repeats", min=1, help="Late records timed (median)."),
+    runs: int = typer.Option(3, "--runs", min=1, help="In-order runs (median)."),
 ) -> None:
     """Records/s in time order (one core), cost of a late record, bytes per member state."""
     import time
@@ -100,7 +101,8 @@ def bench_domain(
     from app.domain.bench import format_figures, run_domain_bench
 
     figures = run_domain_bench(
-        records=records, timer=time.process_time, memory_members=members, late_repeats=repeats
+        records=records, timer=time.process_time, memory_members=members, late_repeats=repeats,
+        runs=runs,
     )
     typer.echo(json.dumps(figures, indent=2) if as_json else format_figures(figures))
 

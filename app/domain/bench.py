@@ -2,8 +2,11 @@
 
 * records/s applied in time order on one core (member states only, and with identity);
 * cost of one late record in a cluster of 1,000 records (the refold);
+* records/s in time order as the median of ``runs`` runs;
 * bytes of memory per member state of a typical member (about 50 purchases), measured with
-  tracemalloc over many members, and the size of its stored (orjson) form.
+  tracemalloc over many members: hot (records + live fold) and cold (``compact()``: only
+  the stored form), the CPU cost of compacting and restoring one, and the stored sizes
+  (format 2 of ``to_bytes()``, and the readable format 1 of ``to_dict()`` for comparison).
 
 The domain never reads a clock: the caller passes ``timer``. The CLI passes
 ``time.process_time`` (CPU seconds of this single-threaded process = "one core"), so the
@@ -15,9 +18,12 @@ from __future__ import annotations
 import random
 import statistics
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from app.domain.profiles import Profiles
 from app.domain.program import DEFAULT_PROGRAM, CompiledProgram
@@ -106,10 +112,16 @@ def _late_record_ms(program: CompiledProgram, timer: Callable[[], float], repeat
 
 
 def _bytes_per_member(
-    program: CompiledProgram, members: int
-) -> tuple[float, float, float, float]:
-    """(bytes per member state with its record history, the same without the records
-    (derived fold only), mean stored orjson size, the same zlib-compressed)."""
+    program: CompiledProgram, members: int, timer: Callable[[], float]
+) -> dict[str, float]:
+    """Memory of typical members (tracemalloc): hot (records + live fold), the derived fold
+    alone, cold (after ``compact()``: stored form + a small shell); stored sizes; the CPU
+    cost of compacting and restoring one member."""
+    # the same members once untraced first: the process-wide spelling caches of event ids
+    # (events.spell_time, bounded, shared by all members) are then warm, as in a worker
+    warm = random.Random(3)
+    for n in range(members):
+        MemberState(program, f"member:{n}").add_many(member_history(warm, n))
     rng = random.Random(3)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -118,7 +130,7 @@ def _bytes_per_member(
         s = MemberState(program, f"member:{n}")
         s.add_many(member_history(rng, n))
         states.append(s)
-    total = (tracemalloc.get_traced_memory()[0] - base) / members
+    hot = (tracemalloc.get_traced_memory()[0] - base) / members
     tracemalloc.stop()
     histories = [s.records for s in states]
     tracemalloc.start()
@@ -126,10 +138,37 @@ def _bytes_per_member(
     folds = [s.refold(collect=False) for s in states]
     derived = (tracemalloc.get_traced_memory()[0] - base) / members
     tracemalloc.stop()
-    del folds, histories
+    del folds
+    stored_v1 = statistics.mean(len(orjson.dumps(s.to_dict())) for s in states)
+    stored_v1_zlib = statistics.mean(len(zlib.compress(orjson.dumps(s.to_dict()), 6))
+                                     for s in states)
     stored = statistics.mean(len(s.to_bytes(compress=False)) for s in states)
-    compressed = statistics.mean(len(s.to_bytes()) for s in states)
-    return total, derived, stored, compressed
+    start = timer()
+    compressed = statistics.mean(s.compact() for s in states)
+    compact_us = (timer() - start) / members * 1e6
+    del histories
+    # what a process holds for cold members: rebuild them cold under tracemalloc
+    blobs = [s.to_bytes() for s in states]
+    del states
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    cold = []
+    for blob in blobs:
+        s = MemberState.from_bytes(program, blob)
+        s.compact()
+        cold.append(s)
+    cold_bytes = (tracemalloc.get_traced_memory()[0] - base) / members
+    tracemalloc.stop()
+    costs = []
+    for s in cold:
+        start = timer()
+        s.thaw()
+        costs.append(timer() - start)
+    return {
+        "hot": hot, "derived": derived, "cold": cold_bytes, "stored": stored,
+        "compressed": compressed, "stored_v1": stored_v1, "stored_v1_zlib": stored_v1_zlib,
+        "compact_us": compact_us, "thaw_us": statistics.median(costs) * 1e6,
+    }
 
 
 def _calibration_us(timer: Callable[[], float]) -> float:
@@ -149,6 +188,7 @@ def run_domain_bench(
     timer: Callable[[], float] | None = None,
     memory_members: int = 1000,
     late_repeats: int = 15,
+    runs: int = 3,
 ) -> dict[str, Any]:
     """All figures as a JSON-able dict."""
     if timer is None:
@@ -156,20 +196,30 @@ def run_domain_bench(
     program = DEFAULT_PROGRAM.compile()
     per_member = len(member_history(random.Random(7), 0))
     members = max(1, records // per_member)
-    n, secs = _in_order_rate(program, members, timer, with_identity=False)
+    rates = []
+    for _ in range(runs):
+        n, secs = _in_order_rate(program, members, timer, with_identity=False)
+        rates.append(n / secs)
     n_id, secs_id = _in_order_rate(program, max(1, members // 4), timer, with_identity=True)
-    total, derived, stored, compressed = _bytes_per_member(program, memory_members)
+    mem = _bytes_per_member(program, memory_members, timer)
     late_ms = _late_record_ms(program, timer, late_repeats)
     return {
         "calibration_sum_range_1000_us": round(_calibration_us(timer), 1),
         "in_order_records": n,
-        "in_order_records_per_cpu_s": round(n / secs),
+        "in_order_runs": runs,
+        "in_order_records_per_cpu_s": round(statistics.median(rates)),
+        "in_order_records_per_cpu_s_runs": "/".join(str(round(r)) for r in rates),
         "in_order_with_identity_records_per_cpu_s": round(n_id / secs_id),
         "late_record_cpu_ms_in_1000_record_cluster": round(late_ms, 2),
-        "member_state_bytes_total": round(total),
-        "member_state_bytes_excluding_records": round(derived),
-        "member_state_stored_bytes_orjson": round(stored),
-        "member_state_stored_bytes_orjson_zlib": round(compressed),
+        "member_state_bytes_total": round(mem["hot"]),
+        "member_state_bytes_excluding_records": round(mem["derived"]),
+        "member_state_bytes_cold": round(mem["cold"]),
+        "member_state_compact_cpu_us": round(mem["compact_us"]),
+        "member_state_thaw_cpu_us": round(mem["thaw_us"]),
+        "member_state_stored_bytes": round(mem["stored"]),
+        "member_state_stored_bytes_zlib": round(mem["compressed"]),
+        "member_state_stored_bytes_format1": round(mem["stored_v1"]),
+        "member_state_stored_bytes_format1_zlib": round(mem["stored_v1_zlib"]),
         "records_per_typical_member": per_member,
     }
 

@@ -43,18 +43,23 @@ _DAYS: dict[int, str] = {}  # proleptic ordinal -> "YYYY-MM-DDT"
 _CLOCKS: dict[int, str] = {}  # second of the day -> "HH:MM:SS" (at most 86,400 entries)
 
 
+def day_prefix(ordinal: int) -> str:
+    """``"YYYY-MM-DDT"`` of a proleptic Gregorian ordinal (cached)."""
+    day = _DAYS.get(ordinal)
+    if day is None:
+        if len(_DAYS) >= 100_000:  # bound the cache (a day is ~110 bytes with its entry)
+            _DAYS.clear()
+        day = _DAYS[ordinal] = date.fromordinal(ordinal).isoformat() + "T"
+    return day
+
+
 def spell_time(at: datetime) -> str:
     """``at.isoformat()``, the spelling hashed into event ids, about 3x cheaper for UTC
     times (the only kind the domain holds): the day and the second of the day are spelled
     once each and cached. Any other ``tzinfo`` takes ``isoformat()`` itself."""
     if at.tzinfo is not UTC:
         return at.isoformat()
-    o = at.toordinal()
-    day = _DAYS.get(o)
-    if day is None:
-        if len(_DAYS) >= 100_000:  # bound the cache (a day is ~60 bytes)
-            _DAYS.clear()
-        day = _DAYS[o] = date.fromordinal(o).isoformat() + "T"
+    day = day_prefix(at.toordinal())
     h, m, s = at.hour, at.minute, at.second
     sod = h * 3600 + m * 60 + s
     clock = _CLOCKS.get(sod)

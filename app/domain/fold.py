@@ -32,8 +32,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from app.domain.events import HASH, LoyaltyEvent, spell_time
-from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, Ledger, Lot
+from app.domain.events import HASH, LoyaltyEvent, day_prefix, spell_time
+from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, L_TAIL, Ledger, Lot
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     ConsentChanged,
@@ -315,6 +315,8 @@ class Fold:
                     lot[L_REMAINING] = 0
                     led.total -= amount
                     if on:
+                        if d is not self._iso_at and lot[L_TAIL] is not None:
+                            self._iso_at, self._iso = d, day_prefix(d.toordinal()) + lot[L_TAIL]
                         self._emit(
                             "points_expired", d, lot[L_CAUSE], lot[L_PURCHASE],
                             {"points": amount, "earned_at": lot[L_EARNED]},
@@ -325,6 +327,8 @@ class Fold:
             while notices and notices[0][L_EARNED] + offset <= d:
                 lot = notices.popleft()
                 if lot[L_REMAINING] and on:
+                    if d is not self._iso_at and lot[L_TAIL] is not None:
+                        self._iso_at, self._iso = d, day_prefix(d.toordinal()) + lot[L_TAIL]
                     self._emit(
                         "points_expiring", d, lot[L_CAUSE], lot[L_PURCHASE],
                         {"points": lot[L_REMAINING], "expires_at": lot[L_EARNED] + led.life},
@@ -420,10 +424,6 @@ class Fold:
                 led.debt = debt - repaid
             rest = pts - repaid
             if rest:
-                lot: Lot = [pid, rid, t, rest]
-                led.lots.append(lot)
-                led.notices.append(lot)
-                led.by_purchase[pid] = lot
                 led.total += rest
             if on:
                 self._emit(
@@ -431,6 +431,13 @@ class Fold:
                     {"points": pts, "amount_cents": a, "multiplier": mult_text,
                      "debt_repaid": repaid, "purchase_id": pid},
                 )
+            if rest:
+                # its notice and expiry come whole days later: keep the spelled clock
+                tail = self._iso[11:] if on and t.tzinfo is UTC else None
+                lot: Lot = [pid, rid, t, rest, tail]
+                led.lots.append(lot)
+                led.notices.append(lot)
+                led.by_purchase[pid] = lot
         q_before = self.qualifying
         q = self.qualifying = q_before + a
         thresholds = prog.tier_thresholds

@@ -5,7 +5,9 @@ days), so "oldest first" consumption and expiry both work at the front of one de
 O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
 may go negative; new earns repay debt before they create a lot.
 
-A lot is a small list ``[purchase_id, cause, earned_at, remaining]`` (indexes ``L_*``):
+A lot is a small list ``[purchase_id, cause, earned_at, remaining, tail]`` (indexes
+``L_*``; ``tail`` is the spelled time of day of ``earned_at``, ``"HH:MM:SS[.ffffff]+00:00"``,
+or None, so the ids of its notice and expiry, whole days later, need no full spelling):
 building one costs a quarter of a slots dataclass, and one is built per earn on the hot
 path. It does not store its expiry and notice times: they are ``earned_at + lot_life`` and
 ``earned_at + lot_life - notice_lead`` (the ledger holds both offsets); ``earned_at`` is the
@@ -20,13 +22,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 # fields of a lot
-L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING = range(4)
+L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING, L_TAIL = range(5)
 Lot = list[Any]
 
 
 def new_lot(purchase_id: str, cause: str, earned_at: datetime, points: int) -> Lot:
     """One earn of ``points``; ``cause`` is the record id of the purchase that earned it."""
-    return [purchase_id, cause, earned_at, points]
+    return [purchase_id, cause, earned_at, points, None]
 
 
 class Ledger:
