@@ -8,12 +8,12 @@ first group join takes ~25 s) and are fine for Kafka too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faust
+
+from streams import faust_patches
 
 __all__ = ["WorkerSettings", "build_app"]
 
@@ -29,32 +29,8 @@ class WorkerSettings:
     clock: str = "wall"  # or "manual"
 
 
-#: Longest time a fetch may wait on the broker for data. faust-streaming hard-codes 1500 ms;
-#: the embedded broker (Tansu) holds a fetch until this timeout even when data arrives, which
-#: put ~0.5 s on every hop of the pipeline. A short wait costs a few idle requests per second.
-FETCH_MAX_WAIT_MS = int(os.environ.get("LOYALTY_CDP_FETCH_MAX_WAIT_MS", "20"))
-
-
-def _short_fetch_wait() -> None:
-    """Make faust's aiokafka consumers use :data:`FETCH_MAX_WAIT_MS` (idempotent)."""
-    from faust.transport.drivers import aiokafka as driver
-
-    original = driver.aiokafka.AIOKafkaConsumer
-    if getattr(original, "_loyalty_cdp_patched", False):
-        return
-
-    class Consumer(original):  # type: ignore[misc, valid-type]
-        _loyalty_cdp_patched = True
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = FETCH_MAX_WAIT_MS
-            super().__init__(*args, **kwargs)
-
-    driver.aiokafka.AIOKafkaConsumer = Consumer
-
-
 def build_app(cfg: WorkerSettings) -> faust.App:
-    _short_fetch_wait()
+    faust_patches.apply()
     return faust.App(
         cfg.app_id,
         broker=",".join(f"kafka://{b}" for b in cfg.broker.split(",")),

@@ -508,44 +508,48 @@ def _insert_decisions(
         )
 
 
-def register_decisioning(
-    app: faust.App,
-    broker: str,
-    clock: str,
-    program: CompiledProgram,
-    store: Store,
-    out: BatchProducer,
-) -> DecisionAgent:
-    """Mount the agent (``loyalty.events`` + guest purchases on ``cdp.events``) on ``app``.
+class Decisions:
+    """The worker's handle on its decisioning process (see ``streams/decision_process.py``)."""
 
-    Both inputs run on one single-thread executor, so this worker's decision batches are
-    sequential; across workers the per-profile advisory lock serialises them.
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.counts: dict[str, int] = {}
+
+    def submit_guest_purchases(self, values: list[bytes]) -> None:
+        """Guest purchases from the profile stage (after its commit), queued behind the
+        ``loyalty.events`` batches already handed to the process."""
+        from streams import decision_process
+
+        fut = self.pool.submit(decision_process.canonical, values)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Any) -> None:
+        _log_failure(fut)
+        if not fut.cancelled() and fut.exception() is None:
+            self.counts = fut.result()
+
+
+def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str) -> Decisions:
+    """Mount the agent (``loyalty.events`` + guest purchases from the profile stage).
+
+    The decisions run in one child process, one batch at a time, so this worker's decision
+    batches are sequential; across workers the per-profile advisory lock serialises them.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.decisioning import load_catalog
+    from streams import decision_process
     from streams.stages import run_stage
     from streams.topics import LOYALTY
 
-    agent = DecisionAgent(program, load_catalog(offers_file()), store, out, broker, clock=clock)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="decisioning")
-
-    async def run(fn: Callable[[Sequence[bytes]], None], values: list[bytes]) -> None:
-        await run_stage(app, pool, fn, values)
-
+    pool = decision_process.start_pool(broker, clock, store_dsn)
+    handle = Decisions(pool)
     loyalty = app.topic(LOYALTY, key_serializer="raw", value_serializer="raw")
 
     @app.agent(loyalty, name="decisions")
     async def decisions_agent(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            await run(agent.process_loyalty, [e.message.value for e in events])
+            values = [e.message.value for e in events]
+            handle.counts = await run_stage(app, pool, decision_process.loyalty, values)
 
-    def guest_purchases(values: list[bytes]) -> None:
-        """Guest purchases from the profile stage (after its commit), on this agent's thread."""
-        pool.submit(agent.process_canonical, values).add_done_callback(_log_failure)
-
-    agent.submit_guest_purchases = guest_purchases
-    return agent
+    return handle
 
 
 def _log_failure(fut: Any) -> None:

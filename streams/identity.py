@@ -39,6 +39,7 @@ from app.domain.records import (
 )
 from streams.erasure import last_erasure
 from streams.outbox import Outbox
+from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.store import Store
 from streams.topics import DLQ, RESOLVED, partition_of
@@ -68,8 +69,10 @@ class IdentityStage:
         out: BatchProducer,
         outbox: Outbox,
         partitions: int,
+        parsed: ParsedRecords | None = None,
     ) -> None:
         self.program = program
+        self.parsed = parsed
         self.store = store
         self.out = out
         self.outbox = outbox
@@ -139,16 +142,18 @@ class IdentityStage:
                 self._place(r, payload, b)
             parked = self._load_parked(conn)
             self._retry_parked(parked, b)
-            top = self.store.insert_records(conn, list(b.rows.values()))
+            inserted = self.store.insert_records(conn, list(b.rows.values()))
             for old, new in b.merges:
                 self.store.reassign(conn, old, new)
             self.store.park(conn, [(rid, p, pl) for rid, (p, pl) in b.parked.items()])
             self.store.unpark(conn, b.unparked)
             if b.parked or b.unparked:
                 self._parked_known = None
-            self.seq = max(self.seq, top)
+            self.seq = max(self.seq, *inserted.values()) if inserted else self.seq
             parts = {e.profile_id: partition_of(e.profile_id, self.partitions) for e in b.events}
             new_events = self.outbox.add(conn, b.events, parts)
+        if self.parsed is not None:
+            self.parsed.put_many(b.rows[rid]["record"] for rid in inserted)
         self.counts["records"] += len(b.rows)
         self.counts["merges"] += len(b.merges)
         for pid, refold in b.notes.items():
@@ -172,6 +177,8 @@ class IdentityStage:
         erasure = last_erasure(conn)
         if erasure != self.erasure:
             self.erasure, self.graph, self.seq = erasure, IdentityGraph(self.program), 0
+            if self.parsed is not None:
+                self.parsed.clear()  # no erased person's record stays in memory here
         replayed = self.store.records_after(conn, self.seq)
         for seq, payload in replayed:
             self.graph.add(self.parse(payload))
@@ -200,6 +207,7 @@ class IdentityStage:
             "occurred_at": r.occurred_at,
             "type": r.TYPE,
             "payload": payload,
+            "record": r,  # not a column: handed to the profile stage after commit
         }
         b.notes.setdefault(pid, False)
         if res.previous_ids:

@@ -20,18 +20,19 @@ def event_key(ev: LoyaltyEvent) -> str:
 
 
 def to_cloudevent(ev: LoyaltyEvent) -> dict[str, Any]:
+    at = format_time(ev.effective_at)
     return {
         "specversion": "1.0",
         "id": ev.id,
         "source": SOURCE,
         "type": TYPE_PREFIX + ev.type,
         "subject": event_key(ev),
-        "time": format_time(ev.effective_at),
+        "time": at,
         "datacontenttype": "application/json",
         "data": {
             "member_id": ev.member_id,
             "profile_id": ev.profile_id,
-            "effective_at": format_time(ev.effective_at),
+            "effective_at": at,
             "cause_record_id": ev.cause_record_id,
             # times in data in the contract's spelling (``...ffffffZ``), as in ``time``
             **{k: format_time(v) if isinstance(v, datetime) else v for k, v in ev.data.items()},

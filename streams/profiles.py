@@ -40,6 +40,7 @@ from app.domain.records import (
 )
 from app.domain.state import MemberState
 from streams.outbox import Outbox
+from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.store import Store
 from streams.topics import DLQ, PROFILES, partition_of
@@ -74,8 +75,10 @@ class ProfileStage:
         partitions: int,
         clock: str = "wall",
         now: Callable[[], datetime] = _wall_now,
+        parsed: ParsedRecords | None = None,
     ) -> None:
         self.program = program
+        self.parsed = parsed
         self.store = store
         self.out = out
         self.outbox = outbox
@@ -173,6 +176,17 @@ class ProfileStage:
             for p, at in ticks.items():
                 self.store.set_clock(conn, p, at)
             target = self.store.clock(conn) if self.manual else self.now() - WALL_SLACK
+            # Cached states a tick or a due effect will write go through the same version
+            # check as notified ones: a profile erased or changed elsewhere meanwhile is
+            # reloaded (or retired), never re-saved from a stale cache. Only partitions this
+            # batch holds the lock of are written.
+            locked = set(parts)
+            for pid, st in self.states.items():
+                part = self._part(pid)
+                if part in ticks or (
+                    advance_all and target is not None and part in locked and st.next_due <= target
+                ):
+                    touched.setdefault(pid, False)
             changed, gone, db_versions = self._refresh(conn, touched, events, rejected)
             # A tick re-snapshots every profile of its partitions (their as_of moves to the
             # tick); the wall-clock timer writes only profiles that an effect changed.
@@ -180,7 +194,12 @@ class ProfileStage:
             changed |= ticked
             if target is not None:
                 candidates = (
-                    {pid for pid, st in self.states.items() if st.next_due <= target} | changed
+                    {
+                        pid
+                        for pid, st in self.states.items()
+                        if st.next_due <= target and self._part(pid) in locked
+                    }
+                    | changed
                     if advance_all
                     else changed
                 )
@@ -239,10 +258,7 @@ class ProfileStage:
             if st is None:
                 st = self.states[pid] = MemberState(self.program, pid)
             pending = self.pending.setdefault(pid, {})
-            parsed = [
-                (record_from_cloudevent(orjson.loads(p), currencies=self.program.currencies), p)
-                for _, p in rows
-            ]
+            parsed = [(self._record(rid, p), p) for _, rid, p in rows]
             parsed.sort(key=lambda rp: rp[0].sort_key())
             for r, _ in parsed:
                 self._apply(st, r, pending, events, rejected)
@@ -258,6 +274,13 @@ class ProfileStage:
             self.seqs[pid] = rows[-1][0]
             changed.add(pid)
         return changed, gone, db_versions
+
+    def _record(self, record_id: str, payload: bytes) -> Record:
+        """The record as the identity stage of this worker parsed it, else parsed here."""
+        r = self.parsed.take(record_id) if self.parsed is not None else None
+        if r is None:
+            r = record_from_cloudevent(orjson.loads(payload), currencies=self.program.currencies)
+        return r
 
     @staticmethod
     def _apply(

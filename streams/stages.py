@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -25,14 +25,15 @@ BATCH = 5000
 WITHIN_S = 0.2
 
 
-async def run_stage(app: faust.App, executor: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
-    """Run a stage's blocking batch on its executor; a failure crashes the worker.
+async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> Any:
+    """Run a stage's blocking batch on its executor (returns its result); a failure crashes
+    the worker.
 
     The state is durable in the store, so crashing loudly and restarting resumes exactly;
     carrying on after a failed batch could ack input that was never applied.
     """
     try:
-        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     except Exception as exc:
         log.exception("stage failed; stopping the worker")
         await app.crash(exc)

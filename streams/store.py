@@ -105,16 +105,16 @@ class Store:
         return [(r[0], bytes(r[1])) for r in rows]
 
     @staticmethod
-    def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert new records (duplicates ignored); returns the highest seq assigned, or 0."""
+    def insert_records(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+        """Insert new records (duplicates ignored); returns the seq of each inserted id."""
         if not rows:
-            return 0
+            return {}
         result = run(
             conn,
             "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
             " SELECT * FROM unnest(%(ids)b::text[], %(pids)b::text[], %(times)b::timestamptz[],"
             " %(types)b::text[], %(payloads)b::bytea[])"
-            " ON CONFLICT (record_id) DO NOTHING RETURNING seq",
+            " ON CONFLICT (record_id) DO NOTHING RETURNING record_id, seq",
             {
                 "ids": [r["record_id"] for r in rows],
                 "pids": [r["profile_id"] for r in rows],
@@ -123,7 +123,7 @@ class Store:
                 "payloads": [r["payload"] for r in rows],
             },
         )
-        return max((r[0] for r in result), default=0)
+        return {r[0]: r[1] for r in result}
 
     @staticmethod
     def reassign(conn: Connection, old: str, new: str) -> None:
@@ -176,14 +176,17 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
     @staticmethod
-    def records_of(conn: Connection, after: dict[str, int]) -> dict[str, list[tuple[int, bytes]]]:
-        """New records per profile: ``seq > after[profile]`` (0 = all), rejected ones left out."""
-        out: dict[str, list[tuple[int, bytes]]] = {pid: [] for pid in after}
+    def records_of(
+        conn: Connection, after: dict[str, int]
+    ) -> dict[str, list[tuple[int, str, bytes]]]:
+        """New records per profile, ``(seq, record_id, payload)`` with ``seq > after[profile]``
+        (0 = all), rejected ones left out."""
+        out: dict[str, list[tuple[int, str, bytes]]] = {pid: [] for pid in after}
         if not after:
             return out
         rows = conn.execute(
             text(
-                "SELECT r.profile_id, r.seq, r.payload FROM records r"
+                "SELECT r.profile_id, r.seq, r.record_id, r.payload FROM records r"
                 " JOIN unnest(CAST(:pids AS text[]), CAST(:seqs AS bigint[])) AS a(pid, s)"
                 " ON r.profile_id = a.pid AND r.seq > a.s"
                 " WHERE NOT EXISTS"
@@ -192,8 +195,8 @@ class Store:
             ),
             {"pids": list(after), "seqs": list(after.values())},
         )
-        for pid, seq, payload in rows:
-            out[pid].append((seq, bytes(payload)))
+        for pid, seq, rid, payload in rows:
+            out[pid].append((seq, rid, bytes(payload)))
         return out
 
     @staticmethod
@@ -219,18 +222,32 @@ class Store:
         """
         if not docs:
             return
+        before = {
+            r[0]: r[1]
+            for r in run(
+                conn,
+                "SELECT profile_id, identifiers FROM profiles"
+                " WHERE profile_id = ANY(%(ids)b::text[])",
+                {"ids": list(docs)},
+            )
+        }
         run(conn, _UPSERT_PROFILES, {
             "pids": list(docs),
             "docs": [orjson.dumps(d).decode() for d in docs.values()],
             "versions": [versions[pid] for pid in docs],
         })
+        # The index changes only when a profile's identifiers do (rarely, after the first
+        # snapshot): most batches rewrite none of it.
+        moved = {pid: d for pid, d in docs.items() if before.get(pid) != d["identifiers"]}
+        if not moved:
+            return
         run(
             conn,
             "DELETE FROM profile_identifiers WHERE profile_id = ANY(%(ids)b::text[])",
-            {"ids": list(docs)},
+            {"ids": list(moved)},
         )
         types, hashes, pids = [], [], []
-        for pid, doc in docs.items():
+        for pid, doc in moved.items():
             for ident in doc["identifiers"]:
                 t, v = ident.split(":", 1)
                 types.append(t)

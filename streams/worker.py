@@ -38,6 +38,7 @@ from streams.decisioning import register_decisioning
 from streams.identity import IdentityStage
 from streams.metrics import register_metrics
 from streams.outbox import Outbox
+from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.profiles import ProfileStage
 from streams.stages import register_stages
@@ -68,10 +69,13 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     store = Store(cfg.store_dsn)
     outbox = Outbox(store, out, cfg.broker)
     partitions = _partitions(cfg.broker, RESOLVED)
-    identity = IdentityStage(program, store, out, outbox, partitions)
-    profiles = ProfileStage(program, store, out, outbox, partitions, clock=cfg.clock)
+    parsed = ParsedRecords()  # identity -> profiles in this process: parse each record once
+    identity = IdentityStage(program, store, out, outbox, partitions, parsed)
+    profiles = ProfileStage(
+        program, store, out, outbox, partitions, clock=cfg.clock, parsed=parsed
+    )
     register_stages(app, identity, profiles)
-    decisions = register_decisioning(app, cfg.broker, cfg.clock, program, store, out)
+    decisions = register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     profiles.on_guest_purchases = decisions.submit_guest_purchases
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 

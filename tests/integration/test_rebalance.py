@@ -54,7 +54,10 @@ def _counts(port: int) -> dict[str, int]:
 
 def test_a_worker_joining_and_leaving_mid_stream_keeps_results_exact(stack: Run) -> None:
     paths = StackPaths(stack.state_dir)
-    writers = Writers(stack, generate(120, 50, 701, START), rate=150.0)
+    # ~50 s of writing (about 4,300 rows per source at 85 rows/s each): traffic must still be
+    # flowing when the second worker has started and joined, even on a loaded host where
+    # that takes half a minute; a short burst was drained by the first worker alone.
+    writers = Writers(stack, generate(360, 50, 701, START), rate=85.0)
     time.sleep(4)  # the first worker alone
     second = paths.process("worker2")
     port = free_port()

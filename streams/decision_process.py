@@ -1,0 +1,88 @@
+"""The decisioning agent's blocking work, in a child process of the worker.
+
+Why a process: a decision is ~0.2-1 ms of pure Python per moment (candidates, scoring,
+explanations, two JSON documents), and in the worker's process it shared one GIL with the
+identity and profile stages: on 2 cores the decisions took more CPU than both stages
+together and slowed them down. In a child process it runs on the other core.
+
+What stays the same: the Faust agent in the worker consumes ``loyalty.events`` and awaits
+each batch's completion before taking the next (so offsets are committed only after the
+decisions are committed, as before); the child runs :class:`DecisionAgent` exactly as the
+thread did, one batch at a time (a single-process pool serves its queue in order), guest
+purchases included. Its store connection and producer are its own.
+
+Lifetime: started with the ``spawn`` method (the worker has threads; forking them is
+unsafe), it ignores Ctrl-C (the worker shuts it down), and a watchdog thread exits it when
+the worker dies (e.g. SIGKILL), so no orphan keeps store connections or advisory locks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+__all__ = ["canonical", "loyalty", "start_pool"]
+
+_AGENT: object | None = None  # the child's DecisionAgent
+
+
+def start_pool(broker: str, clock: str, store_dsn: str) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init,
+        initargs=(broker, clock, store_dsn, os.getpid()),
+    )
+
+
+def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
+    global _AGENT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    from app.decisioning import load_catalog
+    from app.domain.program import load_program
+    from app.settings import settings
+    from streams.decisioning import DecisionAgent, offers_file
+    from streams.producer import BatchProducer
+    from streams.store import Store
+
+    program = load_program(settings().program_file).compile()
+    _AGENT = DecisionAgent(
+        program,
+        load_catalog(offers_file()),
+        Store(store_dsn),
+        BatchProducer(broker),
+        broker,
+        clock=clock,
+    )
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)  # the worker is gone: its replacement re-delivers what was not committed
+
+
+def _agent() -> object:
+    if _AGENT is None:  # pragma: no cover - the pool's initializer sets it
+        raise RuntimeError("decisioning process not initialised")
+    return _AGENT
+
+
+def loyalty(values: Sequence[bytes]) -> dict[str, int]:
+    """Decide a batch of ``loyalty.events`` values; returns the agent's counters."""
+    agent = _agent()
+    agent.process_loyalty(values)  # type: ignore[attr-defined]
+    return agent.counts.as_dict()  # type: ignore[attr-defined, no-any-return]
+
+
+def canonical(values: Sequence[bytes]) -> dict[str, int]:
+    """Decide guest purchases handed over by the profile stage; returns the counters."""
+    agent = _agent()
+    agent.process_canonical(values)  # type: ignore[attr-defined]
+    return agent.counts.as_dict()  # type: ignore[attr-defined, no-any-return]
