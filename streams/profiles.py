@@ -21,8 +21,9 @@ messages, which every partition applies in order with its notifications.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,13 @@ __all__ = ["ProfileStage", "encode_tick"]
 WALL_SLACK = timedelta(seconds=5)
 
 
+#: States kept hot (history and live fold as objects) per worker; the least recently used
+#: beyond this are compacted to their stored form (~1.5 KB, ``MemberState.compact``) and
+#: restored on their next use. ``next_due``/``as_of`` stay readable while cold, so the
+#: wall-clock timer still finds due members without restoring the rest.
+HOT_STATES = int(os.environ.get("LOYALTY_CDP_HOT_STATES", "5000"))
+
+
 def encode_tick(at: datetime) -> bytes:
     return orjson.dumps({"tick": at.astimezone(UTC).isoformat()})
 
@@ -76,9 +84,13 @@ class ProfileStage:
         clock: str = "wall",
         now: Callable[[], datetime] = _wall_now,
         parsed: ParsedRecords | None = None,
+        hot_limit: int = HOT_STATES,
     ) -> None:
         self.program = program
         self.parsed = parsed
+        self.hot_limit = hot_limit
+        #: hot states, least recently used first (see :data:`HOT_STATES`)
+        self._hot: dict[str, None] = {}
         self.store = store
         self.out = out
         self.outbox = outbox
@@ -112,6 +124,7 @@ class ProfileStage:
         self.owned -= gone
 
     def _forget(self, pid: str) -> None:
+        self._hot.pop(pid, None)
         self.states.pop(pid, None)
         self.seqs.pop(pid, None)
         self.versions.pop(pid, None)
@@ -192,6 +205,7 @@ class ProfileStage:
             # tick); the wall-clock timer writes only profiles that an effect changed.
             ticked = {pid for pid in self.states if self._part(pid) in ticks}
             changed |= ticked
+            candidates: set[str] = set()
             if target is not None:
                 candidates = (
                     {
@@ -221,6 +235,7 @@ class ProfileStage:
         self.versions.update(versions)
         for pid in gone:
             self._forget(pid)
+        self._keep_hot(touched.keys() | candidates)
         self._publish(docs, gone, rejected)
         self.outbox.publish(new_events)
         if self._guest_purchases and self.on_guest_purchases is not None:
@@ -229,6 +244,21 @@ class ProfileStage:
         self.counts["profiles_written"] += len(docs)
         self.counts["events"] += len(new_events)
         self.counts["rejected"] += len(rejected)
+
+    def _keep_hot(self, used: Iterable[str]) -> None:
+        """Mark ``used`` states as recently used; compact the least recent beyond the limit."""
+        hot = self._hot
+        for pid in used:
+            st = self.states.get(pid)
+            if st is not None and not st.is_cold:
+                hot.pop(pid, None)
+                hot[pid] = None
+        while len(hot) > self.hot_limit:
+            pid = next(iter(hot))
+            del hot[pid]
+            st = self.states.get(pid)
+            if st is not None:
+                st.compact()
 
     def _refresh(
         self,

@@ -1,0 +1,70 @@
+"""The profile stage's state cache: cold (compacted) states and the parsed-record hand-over
+from the identity stage give exactly the profiles of an all-hot, parse-everything run.
+
+Real PostgreSQL store, the real identity and profile stages, a fake producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from app.domain.records import Record
+from streams.parsed_records import ParsedRecords
+from streams.store import Store
+from tests.domain.builders import at, buy, consent, enroll, link, redeem, refund
+from tests.test_erasure import TABLES, Msg, Pipeline, cloudevent
+
+pytest_plugins = ["tests.pg_support"]
+
+
+def history() -> list[list[Record]]:
+    """Batches: six members enrolled, then purchases, a refund and a redemption over them."""
+    first = [r for i in range(6) for r in (
+        link(f"W{i}", at(0), customer_id=f"W{i}", email=f"p{i}@example.com"),
+        consent(f"W{i}", at(0), email_opt_in=True),
+        enroll(f"M{i}", at(1), customer_id=f"W{i}"),
+    )]
+    buys = [buy(f"T{i}-{k}", 9_000 + 500 * k, at(2 + k), member_no=f"M{i}")
+            for k in range(4) for i in range(6)]
+    late = [
+        refund("R1", "T0-1", 4_000, at(9)),
+        redeem("X2", 300, at(10), member_no="M2"),
+        buy("T0-9", 30_000, at(11), customer_id="W0"),  # a cold member comes back
+    ]
+    return [first, buys[:12], buys[12:], late]
+
+
+def run(store: Store, hot_limit: int, parsed: ParsedRecords | None) -> tuple[dict[str, Any], Any]:
+    with store.tx() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}, erasure_audit, clock"))
+    p = Pipeline(store)
+    p.identity.parsed = p.profiles.parsed = parsed
+    p.profiles.hot_limit = hot_limit
+    for batch in history():
+        p.identity.process([Msg(cloudevent(r)) for r in batch])
+        p.drain()
+    with store.tx() as conn:
+        docs = dict(conn.execute(text("SELECT profile_id, doc FROM profiles")).all())
+    return docs, p
+
+
+@pytest.fixture()
+def store(source_dsns: dict[str, str]) -> Iterator[Store]:
+    s = Store(source_dsns["cdp"])
+    yield s
+    s.dispose()
+
+
+def test_cold_states_and_handed_records_give_the_same_profiles(store: Store) -> None:
+    want, _ = run(store, hot_limit=10_000, parsed=None)
+    parsed = ParsedRecords()
+    got, p = run(store, hot_limit=2, parsed=parsed)
+    assert got == want and len(want) == 6
+    states = p.profiles.states
+    assert sum(not st.is_cold for st in states.values()) <= 2
+    assert any(st.is_cold for st in states.values())
+    assert parsed.hits > 0 and len(parsed) == 0  # every inserted record was taken once
