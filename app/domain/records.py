@@ -130,19 +130,19 @@ class EngagementRecorded(Record):
     sku: str | None
 
 
-RECORD_TYPES: dict[str, type[Record]] = {
-    cls.TYPE: cls
-    for cls in (
-        IdentityLinked,
-        MemberEnrolled,
-        ConsentChanged,
-        PurchaseCompleted,
-        PurchaseLine,
-        PurchaseRefunded,
-        PointsRedeemed,
-        EngagementRecorded,
-    )
-}
+# A record class's position here is its type tag in the stored form (app.domain.storage):
+# append new types, never reorder.
+RECORD_CLASSES: tuple[type[Record], ...] = (
+    IdentityLinked,
+    MemberEnrolled,
+    ConsentChanged,
+    PurchaseCompleted,
+    PurchaseLine,
+    PurchaseRefunded,
+    PointsRedeemed,
+    EngagementRecorded,
+)
+RECORD_TYPES: dict[str, type[Record]] = {cls.TYPE: cls for cls in RECORD_CLASSES}
 ENGAGEMENT_KINDS = frozenset({"view", "add_to_cart", "referral_sent", "referral_converted"})
 _DEFAULT_CURRENCIES = frozenset(DEFAULT_CURRENCIES)
 

@@ -18,31 +18,16 @@ from sys import intern
 from typing import Any
 
 from app.domain.records import (
+    RECORD_CLASSES,
     ConsentChanged,
-    EngagementRecorded,
     Identifier,
-    IdentityLinked,
-    MemberEnrolled,
-    PointsRedeemed,
     PurchaseCompleted,
-    PurchaseLine,
-    PurchaseRefunded,
     Record,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-# the index is the stored type tag: append new types, never reorder
-TYPES: tuple[type[Record], ...] = (
-    IdentityLinked,
-    MemberEnrolled,
-    ConsentChanged,
-    PurchaseCompleted,
-    PurchaseLine,
-    PurchaseRefunded,
-    PointsRedeemed,
-    EngagementRecorded,
-)
+TYPES = RECORD_CLASSES  # the index is the stored type tag
 _TAG = {cls: i for i, cls in enumerate(TYPES)}
 _EXTRA: dict[type[Record], tuple[str, ...]] = {cls: cls.__slots__ for cls in TYPES}
 
