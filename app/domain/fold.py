@@ -30,7 +30,7 @@ from copy import copy
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
 
 from app.domain.events import HASH, LoyaltyEvent, day_prefix, spell_time
 from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, L_TAIL, Ledger, Lot
@@ -59,10 +59,20 @@ CONSENT_DEFAULTS = {
     "push_token": False,
 }
 
-# What the fold remembers of a purchase, enough to apply any later refund: a list
-# [record_id, at, amount, refunded, points, reversed, enrolled, in_window].
-P_RECORD, P_AT, P_AMOUNT, P_REFUNDED, P_POINTS, P_REVERSED, P_ENROLLED, P_IN_WINDOW = range(8)
-Purchase = list[Any]
+# What the fold remembers of a purchase, enough to apply any later refund: a tuple
+# (record_id, at, amount, refunded, points, reversed, enrolled), replaced by a refund.
+# Immutable and of atomic values, so the cyclic GC stops tracking it: a member keeps one
+# per purchase forever, and tracked containers make every full collection longer. A
+# purchase is in the Q window while enrolled and ``at + window`` is after the fold's time
+# (window exits due at or before a record's time are applied before the record).
+P_RECORD: Final = 0
+P_AT: Final = 1
+P_AMOUNT: Final = 2
+P_REFUNDED: Final = 3
+P_POINTS: Final = 4
+P_REVERSED: Final = 5
+P_ENROLLED: Final = 6
+Purchase = tuple[str, datetime, int, int, int, int, bool]
 
 
 def _fraction_text(f: Fraction) -> str:
@@ -175,9 +185,8 @@ class Fold:
         and "after" folds instead of folding the prefix twice.
         """
         new = copy(self)
-        purchases = {id(p): p.copy() for p in self.purchases.values()}
-        new.purchases = {k: purchases[id(p)] for k, p in self.purchases.items()}
-        new.window = deque(purchases[id(p)] for p in self.window)
+        new.purchases = dict(self.purchases)  # purchases are immutable tuples
+        new.window = deque(self.window)
         new.ledger = self.ledger.clone()
         new.holds = dict(self.holds)
         new.consent = dict(self.consent)
@@ -285,7 +294,6 @@ class Fold:
             win = self.program.window
             while window and window[0][P_AT] + win <= d:
                 p = window.popleft()
-                p[P_IN_WINDOW] = False
                 net = p[P_AMOUNT] - p[P_REFUNDED]
                 self.qualifying -= net
                 if cause is None and net:  # a fully refunded purchase leaving changes nothing
@@ -404,14 +412,14 @@ class Fold:
         self.last_purchase_at = t
         self.lapse_risk = False  # the next purchase ends a lapse episode
         if self.enrolled_at is None:
-            self.purchases[pid] = [rid, t, a, 0, 0, 0, False, False]
+            self.purchases[pid] = (rid, t, a, 0, 0, 0, False)
             return
         prog = self.program
         events = self.events
         on = events is not None and (self.emit_since is None or t >= self.emit_since)
         num, den, mult_text = self._mult(self.tier, t)
         pts = (a // 100) * num // den
-        p = [rid, t, a, 0, pts, 0, True, True]
+        p = (rid, t, a, 0, pts, 0, True)
         self.purchases[pid] = p
         self.window.append(p)
         led = self.ledger
@@ -513,27 +521,35 @@ class Fold:
         self._next_due = nd
 
     def _refund(self, r: PurchaseRefunded, t: datetime) -> None:
-        p = self.purchases[r.purchase_id]
-        amount = p[P_AMOUNT]
-        dr = min(amount - p[P_REFUNDED], r.amount_cents)
+        pid = r.purchase_id
+        p = self.purchases[pid]
+        rid, at, amount, refunded, points, reversed_, enrolled = p
+        dr = min(amount - refunded, r.amount_cents)
         if dr <= 0:
             return
-        refunded = p[P_REFUNDED] = p[P_REFUNDED] + dr
+        refunded += dr
         self.lifetime -= dr
-        if not p[P_ENROLLED]:
+        rev = points * refunded // amount if enrolled else reversed_
+        new = self.purchases[pid] = (rid, at, amount, refunded, points, rev, enrolled)
+        in_window = enrolled and at + self.program.window > t
+        if in_window:  # the window holds this very tuple: replace it there too
+            window = self.window
+            for i, q in enumerate(window):
+                if q is p:
+                    window[i] = new
+                    break
+        if not enrolled:
             return  # a purchase made before enrollment moves no points and no Q
-        rev = p[P_POINTS] * refunded // amount
-        inc = rev - p[P_REVERSED]
-        p[P_REVERSED] = rev
+        inc = rev - reversed_
         if inc:
-            to_debt = self.ledger.claw(inc, r.purchase_id)
+            to_debt = self.ledger.claw(inc, pid)
             if self._on(t):
                 self._emit(
                     "points_reversed", t, r.record_id, "",
-                    {"points": inc, "refund_cents": dr, "purchase_id": r.purchase_id,
+                    {"points": inc, "refund_cents": dr, "purchase_id": pid,
                      "to_debt": to_debt},
                 )
-        if p[P_IN_WINDOW]:
+        if in_window:
             self.qualifying -= dr
             self._retier(t, r.record_id, "refund")
 
