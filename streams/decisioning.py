@@ -475,8 +475,8 @@ def offers_file() -> Path:
     return Path(env) if env else settings().program_file.parent / "offers.yaml"
 
 
-BATCH = 1000
-WITHIN_S = 0.05
+BATCH = 5000
+WITHIN_S = 0.1
 
 
 def _insert_decisions(

@@ -101,7 +101,8 @@ class ProfileStage:
         self.seqs: dict[str, int] = {}
         self.versions: dict[str, int] = {}
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
-        self.owned: set[int] = set()
+        self.owned: set[int] = set()  # partitions whose takeover this worker completed
+        self.assigned: set[int] = set()  # partitions the group assigned to this worker
         #: Called after each commit with the canonical payloads of purchases that the batch
         #: newly applied to profiles not enrolled at the purchase's time (guest purchases):
         #: the decisioning agent's "purchase" moments for non-members. Fed from here, where
@@ -116,12 +117,18 @@ class ProfileStage:
     def _part(self, pid: str) -> int:
         return partition_of(pid, self.partitions)
 
+    def assign(self, partitions: Sequence[int]) -> None:
+        """Partitions the group gave this worker: the wall-clock timer covers them from now
+        on, even before a notification arrives (their profiles load lazily)."""
+        self.assigned.update(partitions)
+
     def revoke(self, partitions: Sequence[int]) -> None:
         """Forget the cached states of partitions this worker no longer owns."""
         gone = set(partitions)
         for pid in [p for p in self.states if self._part(p) in gone]:
             self._forget(pid)
         self.owned -= gone
+        self.assigned -= gone
 
     def _forget(self, pid: str) -> None:
         self._hot.pop(pid, None)
@@ -156,8 +163,8 @@ class ProfileStage:
 
     def advance_wall_clock(self) -> None:
         """The once-a-second timer: time-driven effects of every owned profile up to now."""
-        if not self.manual and self.owned:
-            self._run(sorted(self.owned), {}, {}, advance_all=True)
+        if not self.manual and (self.owned or self.assigned):
+            self._run(sorted(self.owned | self.assigned), {}, {}, advance_all=True)
 
     # -- the transaction ----------------------------------------------------------------
 
@@ -176,19 +183,22 @@ class ProfileStage:
         with self.store.tx() as conn:
             for p in parts:
                 self.store.partition_lock(conn, p)
-            if fresh or ticks:
-                # A fresh partition loads every profile; a tick must reach every profile of
-                # its partitions too, including any another worker created while it owned the
-                # partition (the store, not this worker's cache, says which profiles exist).
+            if ticks:
+                # A tick must reach every profile of its partitions, including any another
+                # worker created while it owned the partition (the store, not this worker's
+                # cache, says which profiles exist).
                 for pid in self.store.profile_ids(conn):
-                    part = self._part(pid)
-                    if part in fresh:
-                        touched.setdefault(pid, True)
-                    elif part in ticks:
+                    if self._part(pid) in ticks:
                         touched.setdefault(pid, False)
             for p, at in ticks.items():
                 self.store.set_clock(conn, p, at)
             target = self.store.clock(conn) if self.manual else self.now() - WALL_SLACK
+            if advance_all and target is not None:
+                # Profiles load lazily (a partition taken over loads nothing up front): the
+                # store's next_due index says which ones have an effect due.
+                for pid in self.store.due_profiles(conn, target):
+                    if self._part(pid) in parts:
+                        touched.setdefault(pid, False)
             # Cached states a tick or a due effect will write go through the same version
             # check as notified ones: a profile erased or changed elsewhere meanwhile is
             # reloaded (or retired), never re-saved from a stale cache. Only partitions this
@@ -226,7 +236,16 @@ class ProfileStage:
                             changed.add(pid)
             docs = {pid: self.states[pid].snapshot() for pid in sorted(changed)}
             versions = {pid: db_versions.get(pid, 0) + 1 for pid in docs}
-            self.store.upsert_profiles(conn, docs, versions)
+            due = {pid: self.states[pid].next_due for pid in docs}
+            self.store.upsert_profiles(conn, docs, versions, due)
+            self.store.set_due(
+                conn,
+                {
+                    pid: st.next_due
+                    for pid in (touched.keys() | candidates) - changed
+                    if (st := self.states.get(pid)) is not None and pid in db_versions
+                },
+            )
             self.store.delete_profiles(conn, gone)
             self.store.reject(conn, [(r.record_id, why) for r, why in rejected])
             parts_of = {e.profile_id: self._part(e.profile_id) for e in events}

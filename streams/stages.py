@@ -65,6 +65,12 @@ def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileSt
     async def wall_clock() -> None:
         await run(prof_exec, profiles.advance_wall_clock)
 
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        parts = [tp.partition for tp in assigned if tp.topic == RESOLVED]
+        if parts:
+            await asyncio.get_running_loop().run_in_executor(prof_exec, profiles.assign, parts)
+
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         parts = [tp.partition for tp in revoked if tp.topic == RESOLVED]

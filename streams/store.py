@@ -41,7 +41,7 @@ _UPSERT_PROFILES = (
     "INSERT INTO profiles (profile_id, member_id, member_nos, identifiers, enrolled_at,"
     " tier, points_balance, qualifying_spend_cents, lifetime_spend_cents, purchase_count,"
     " last_purchase_at, lapse_risk, email_opt_in, sms_consent, admt_opt_out, push_opt_in,"
-    " as_of, doc, version, updated_at)"
+    " as_of, doc, version, next_due, updated_at)"
     " SELECT u.pid, d->>'member_id',"
     " ARRAY(SELECT jsonb_array_elements_text(d->'member_nos')),"
     " ARRAY(SELECT jsonb_array_elements_text(d->'identifiers')),"
@@ -50,9 +50,11 @@ _UPSERT_PROFILES = (
     " (d->>'purchase_count')::int, (d->>'last_purchase_at')::timestamptz,"
     " (d->>'lapse_risk')::boolean, (d->'consent'->>'email_opt_in')::boolean,"
     " (d->'consent'->>'sms_consent')::boolean, (d->'consent'->>'admt_opt_out')::boolean,"
-    " (d->'consent'->>'push_opt_in')::boolean, (d->>'as_of')::timestamptz, d, u.version, now()"
-    " FROM unnest(%(pids)b::text[], %(docs)b::text[], %(versions)b::bigint[])"
-    " AS u(pid, doc, version) CROSS JOIN LATERAL (SELECT u.doc::jsonb AS d) j"
+    " (d->'consent'->>'push_opt_in')::boolean, (d->>'as_of')::timestamptz, d, u.version,"
+    " u.due, now()"
+    " FROM unnest(%(pids)b::text[], %(docs)b::text[], %(versions)b::bigint[],"
+    " %(due)b::timestamptz[]) AS u(pid, doc, version, due)"
+    " CROSS JOIN LATERAL (SELECT u.doc::jsonb AS d) j"
     " ON CONFLICT (profile_id) DO UPDATE SET member_id = EXCLUDED.member_id,"
     " member_nos = EXCLUDED.member_nos, identifiers = EXCLUDED.identifiers,"
     " enrolled_at = EXCLUDED.enrolled_at, tier = EXCLUDED.tier,"
@@ -64,7 +66,7 @@ _UPSERT_PROFILES = (
     " email_opt_in = EXCLUDED.email_opt_in, sms_consent = EXCLUDED.sms_consent,"
     " admt_opt_out = EXCLUDED.admt_opt_out, push_opt_in = EXCLUDED.push_opt_in,"
     " as_of = EXCLUDED.as_of, doc = EXCLUDED.doc, version = EXCLUDED.version,"
-    " updated_at = now()"
+    " next_due = EXCLUDED.next_due, updated_at = now()"
 )
 
 
@@ -212,7 +214,10 @@ class Store:
 
     @staticmethod
     def upsert_profiles(
-        conn: Connection, docs: dict[str, dict[str, Any]], versions: dict[str, int]
+        conn: Connection,
+        docs: dict[str, dict[str, Any]],
+        versions: dict[str, int],
+        due: dict[str, datetime] | None = None,
     ) -> None:
         """Write snapshots (the export document plus its columns) and the identifier index.
 
@@ -231,10 +236,12 @@ class Store:
                 {"ids": list(docs)},
             )
         }
+        due = due or {}
         run(conn, _UPSERT_PROFILES, {
             "pids": list(docs),
             "docs": [orjson.dumps(d).decode() for d in docs.values()],
             "versions": [versions[pid] for pid in docs],
+            "due": [due.get(pid) for pid in docs],
         })
         # The index changes only when a profile's identifiers do (rarely, after the first
         # snapshot): most batches rewrite none of it.
@@ -260,6 +267,28 @@ class Store:
                 " SELECT * FROM unnest(%(t)b::text[], %(h)b::text[], %(p)b::text[])"
                 " ON CONFLICT DO NOTHING",
                 {"t": types, "h": hashes, "p": pids},
+            )
+
+    @staticmethod
+    def due_profiles(conn: Connection, at: datetime) -> list[str]:
+        """Profiles with a time-driven effect due at ``at`` (or not known yet: NULL)."""
+        rows = run(
+            conn,
+            "SELECT profile_id FROM profiles WHERE next_due <= %(at)s OR next_due IS NULL",
+            {"at": at},
+        )
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def set_due(conn: Connection, due: dict[str, datetime]) -> None:
+        """Record when profiles that were advanced without a new snapshot are next due."""
+        if due:
+            run(
+                conn,
+                "UPDATE profiles p SET next_due = u.due FROM unnest(%(pids)b::text[],"
+                " %(due)b::timestamptz[]) AS u(pid, due) WHERE p.profile_id = u.pid"
+                " AND p.next_due IS DISTINCT FROM u.due",
+                {"pids": list(due), "due": list(due.values())},
             )
 
     @staticmethod

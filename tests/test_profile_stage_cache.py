@@ -14,9 +14,10 @@ from sqlalchemy import text
 
 from app.domain.records import Record
 from streams.parsed_records import ParsedRecords
+from streams.profiles import WALL_SLACK, ProfileStage
 from streams.store import Store
 from tests.domain.builders import at, buy, consent, enroll, link, redeem, refund
-from tests.test_erasure import TABLES, Msg, Pipeline, cloudevent
+from tests.test_erasure import PARTS, PROGRAM, TABLES, Msg, Pipeline, cloudevent
 
 pytest_plugins = ["tests.pg_support"]
 
@@ -68,3 +69,45 @@ def test_cold_states_and_handed_records_give_the_same_profiles(store: Store) -> 
     assert sum(not st.is_cold for st in states.values()) <= 2
     assert any(st.is_cold for st in states.values())
     assert parsed.hits > 0 and len(parsed) == 0  # every inserted record was taken once
+
+
+def test_a_restarted_worker_loads_only_due_profiles_and_applies_their_effects(
+    store: Store,
+) -> None:
+    """Wall clock: after a restart the timer finds due members through the store's
+    next_due index (nothing is loaded up front) and gives the same profiles as a worker
+    that kept every state in memory."""
+    clock = {"now": at(12)}
+
+    def now() -> Any:
+        return clock["now"] + WALL_SLACK
+
+    def stage(p: Pipeline) -> ProfileStage:
+        prof = ProfileStage(PROGRAM, store, p.out, p.profiles.outbox, PARTS, clock="wall",
+                            now=now)
+        prof.assign(range(PARTS))
+        return prof
+
+    def profiles() -> dict[str, Any]:
+        with store.tx() as conn:
+            return dict(conn.execute(text("SELECT profile_id, doc FROM profiles")).all())
+
+    # the same history twice: a worker that stays up, and one restarted before the effects
+    results = []
+    for restart in (False, True):
+        clock["now"] = at(12)
+        _, p = run(store, hot_limit=10_000, parsed=None)
+        p.profiles = stage(p)
+        p.profiles.advance_wall_clock()  # everything as of day 12
+        if restart:
+            p.profiles = stage(p)  # empty cache, nothing loaded
+        clock["now"] = at(340)  # expiring notices (30 days before day 367+) are due
+        p.profiles.advance_wall_clock()
+        loaded = len(p.profiles.states)
+        clock["now"] = at(400)  # lots expired
+        p.profiles.advance_wall_clock()
+        results.append((profiles(), loaded))
+    (kept, _), (restarted, loaded) = results
+    assert restarted == kept
+    assert any(d["points_balance"] == 0 for d in kept.values())  # expiry really ran
+    assert 0 < loaded <= len(kept)
