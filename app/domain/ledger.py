@@ -11,24 +11,19 @@ or None, so the ids of its notice and expiry, whole days later, need no full spe
 building one costs a quarter of a slots dataclass, and one is built per earn on the hot
 path. It does not store its expiry and notice times: they are ``earned_at + lot_life`` and
 ``earned_at + lot_life - notice_lead`` (the ledger holds both offsets); ``earned_at`` is the
-purchase's own time object. The fold inlines earn and expiry; the methods here are the
-reference spelling of the same steps and serve the colder paths.
+purchase's own time object. The fold does earn, expiry, notices and the next due time
+inline on the hot path; clawback and redemption are here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 # fields of a lot
 L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING, L_TAIL = range(5)
 Lot = list[Any]
-
-
-def new_lot(purchase_id: str, cause: str, earned_at: datetime, points: int) -> Lot:
-    """One earn of ``points``; ``cause`` is the record id of the purchase that earned it."""
-    return [purchase_id, cause, earned_at, points, None]
 
 
 class Ledger:
@@ -60,26 +55,9 @@ class Ledger:
         new.total, new.debt = self.total, self.debt
         return new
 
-    def expires_at(self, lot: Lot) -> datetime:
-        earned: datetime = lot[L_EARNED]
-        return earned + self.life
-
     @property
     def balance(self) -> int:
         return self.total - self.debt
-
-    def earn(self, lot: Lot) -> int:
-        """Add an earn of ``lot[L_REMAINING]`` points; debt is repaid first. Returns the
-        repaid part."""
-        repaid: int = min(self.debt, lot[L_REMAINING])
-        self.debt -= repaid
-        lot[L_REMAINING] -= repaid
-        if lot[L_REMAINING]:
-            self.lots.append(lot)
-            self.notices.append(lot)
-            self.by_purchase[lot[L_PURCHASE]] = lot
-            self.total += lot[L_REMAINING]
-        return repaid
 
     def _take_oldest(self, points: int) -> int:
         """Consume up to ``points`` from the oldest lots; returns what could not be taken."""
@@ -115,19 +93,3 @@ class Ledger:
         short = self._take_oldest(points)
         self.debt += short
         return short
-
-    def next_due(self) -> datetime | None:
-        """Earliest pending expiry or expiring notice (lots emptied meanwhile are skipped)."""
-        lots, notices = self.lots, self.notices
-        while lots and not lots[0][L_REMAINING]:
-            lots.popleft()
-        while notices and not notices[0][L_REMAINING]:
-            notices.popleft()
-        if lots:
-            expires: datetime = lots[0][L_EARNED] + self.life
-            if notices:
-                notice: datetime = notices[0][L_EARNED] + self.notice_offset
-                if notice < expires:
-                    return notice
-            return expires
-        return notices[0][L_EARNED] + self.notice_offset if notices else None
