@@ -20,6 +20,7 @@ what changed from the store, so notifications can be duplicated or reordered fre
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ from app.domain.events import LoyaltyEvent
 from app.domain.identity import IdentityGraph
 from app.domain.program import CompiledProgram
 from app.domain.records import (
+    AnonymousRecord,
     InvalidRecord,
+    PurchaseCompleted,
     PurchaseLine,
     Record,
     UnknownPurchase,
@@ -58,6 +61,7 @@ class _Batch:
     merges: list[tuple[str, str]] = field(default_factory=list)  # (old, new) in order
     events: list[LoyaltyEvent] = field(default_factory=list)
     parked: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # rid -> (purchase, payload)
+    anonymous: list[str] = field(default_factory=list)  # purchase ids of anonymous sales
     unparked: list[str] = field(default_factory=list)
 
 
@@ -82,7 +86,7 @@ class IdentityStage:
         self.erasure: int | None = None  # the latest erasure_audit id this graph reflects
         self._parked_known: list[tuple[Record, bytes]] | None = None
         self.counts = dict.fromkeys(
-            ("in", "batches", "records", "parked", "dlq", "merges", "busy_ms"), 0
+            ("in", "batches", "records", "anonymous", "parked", "dlq", "merges", "busy_ms"), 0
         )
 
     # -- parsing ------------------------------------------------------------------------
@@ -140,8 +144,9 @@ class IdentityStage:
             self._catch_up(conn)
             for r, payload in parsed:
                 self._place(r, payload, b)
+            self.store.add_anonymous(conn, b.anonymous)
             parked = self._load_parked(conn)
-            self._retry_parked(parked, b)
+            self._retry_parked(conn, parked, b)
             inserted = self.store.insert_records(conn, list(b.rows.values()))
             for old, new in b.merges:
                 self.store.reassign(conn, old, new)
@@ -181,7 +186,8 @@ class IdentityStage:
                 self.parsed.clear()  # no erased person's record stays in memory here
         replayed = self.store.records_after(conn, self.seq)
         for seq, payload in replayed:
-            self.graph.add(self.parse(payload))
+            with contextlib.suppress(AnonymousRecord):  # stored by an earlier version
+                self.graph.add(self.parse(payload))
             self.seq = seq
         if replayed or self.seq == 0:
             self._parked_known = None  # another worker may have parked or placed records
@@ -195,6 +201,12 @@ class IdentityStage:
     def _place(self, r: Record, payload: bytes, b: _Batch) -> None:
         try:
             res = self.graph.add(r)
+        except AnonymousRecord:
+            # no identity (a sale without a card, or its return): on cdp.events only
+            if isinstance(r, PurchaseCompleted):
+                b.anonymous.append(r.purchase_id)
+            self.counts["anonymous"] += 1
+            return
         except UnknownPurchase:
             assert hasattr(r, "purchase_id")
             b.parked[r.record_id] = (r.purchase_id, payload)
@@ -220,16 +232,31 @@ class IdentityStage:
             b.notes[pid] = True
             b.events.extend(res.events)
 
-    def _retry_parked(self, parked: list[tuple[Record, bytes]], b: _Batch) -> None:
-        """Place parked records whose purchase is now known (a POS return after its sale)."""
+    def _retry_parked(self, conn: Any, parked: list[tuple[Record, bytes]], b: _Batch) -> None:
+        """Place parked records whose purchase is now known (a POS return after its sale);
+        drop those whose purchase was an anonymous sale (no identity, SPEC 2)."""
         pending = parked + [(self.parse(pl), pl) for rid, (_, pl) in list(b.parked.items())]
+        anonymous = self.store.anonymous_among(
+            conn,
+            {
+                p
+                for r, _ in pending
+                if (p := getattr(r, "purchase_id", None)) is not None
+                and self.graph.cluster_of_purchase(p) is None
+            },
+        )
         progress = True
         while progress and pending:
             progress = False
             rest = []
             for r, payload in pending:
                 purchase = getattr(r, "purchase_id", None)
-                if purchase is not None and self.graph.cluster_of_purchase(purchase) is not None:
+                if purchase is not None and purchase in anonymous:
+                    b.parked.pop(r.record_id, None)  # the return of an anonymous sale
+                    b.unparked.append(r.record_id)
+                    self.counts["anonymous"] += 1
+                    progress = True
+                elif purchase is not None and self.graph.cluster_of_purchase(purchase) is not None:
                     b.parked.pop(r.record_id, None)
                     self._place(r, payload, b)
                     b.unparked.append(r.record_id)

@@ -135,6 +135,29 @@ class Store:
         )
 
     @staticmethod
+    def add_anonymous(conn: Connection, purchase_ids: Sequence[str]) -> None:
+        """Remember anonymous sales: their returns carry no identifier either."""
+        if purchase_ids:
+            run(
+                conn,
+                "INSERT INTO anonymous_purchases (purchase_id)"
+                " SELECT * FROM unnest(%(p)b::text[]) ON CONFLICT DO NOTHING",
+                {"p": list(purchase_ids)},
+            )
+
+    @staticmethod
+    def anonymous_among(conn: Connection, purchase_ids: set[str]) -> set[str]:
+        if not purchase_ids:
+            return set()
+        rows = run(
+            conn,
+            "SELECT purchase_id FROM anonymous_purchases"
+            " WHERE purchase_id = ANY(%(p)b::text[])",
+            {"p": sorted(purchase_ids)},
+        )
+        return {r[0] for r in rows}
+
+    @staticmethod
     def parked(conn: Connection) -> list[bytes]:
         return [bytes(r[0]) for r in conn.execute(text("SELECT payload FROM parked_records"))]
 

@@ -4,8 +4,14 @@ An incremental union-find whose nodes are
 
 * ``i:<type>:<value>`` for every identifier whose type is configured ``merge: true``;
 * ``p:<purchase_id>`` for purchases, refunds and lines, so a refund lands with its
-  purchase (POS returns carry no identifiers) and an anonymous purchase is resolvable;
+  purchase (POS returns carry no identifiers);
 * ``r:<record_id>`` for a record with neither (e.g. only a phone number): its own guest.
+
+A purchase with no identifier at all (SPEC 2: a POS sale without a card) is anonymous: it
+has no identity and forms no profile; :meth:`IdentityGraph.add` raises
+:class:`AnonymousRecord` for it. The graph keeps nothing of it (anonymous sales are most of
+a store's sales), so the identifier-less return of such a sale is an unknown purchase here;
+the stream adapter recognises it from the anonymous sales it recorded.
 
 A non-merging identifier (phone by default) is *attached* to the cluster of its record but
 never joins two clusters: two people sharing a household phone stay two profiles.
@@ -29,6 +35,7 @@ from typing import Any
 from app.domain.events import LoyaltyEvent, event_id
 from app.domain.program import CompiledProgram
 from app.domain.records import (
+    AnonymousRecord,
     PurchaseCompleted,
     PurchaseLine,
     PurchaseRefunded,
@@ -99,6 +106,10 @@ class IdentityGraph:
         nodes = [f"i:{i.type}:{i.value}" for i in r.identifiers if i.type in merging]
         if isinstance(r, PurchaseCompleted | PurchaseRefunded | PurchaseLine):
             pnode = "p:" + r.purchase_id
+            if not r.identifiers and pnode not in self._parent and isinstance(
+                r, PurchaseCompleted
+            ):
+                raise AnonymousRecord(r.record_id)
             if not nodes and pnode not in self._parent and not isinstance(r, PurchaseCompleted):
                 raise UnknownPurchase(
                     r.record_id, f"no identifiers and unknown purchase {r.purchase_id!r}"

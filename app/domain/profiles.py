@@ -15,7 +15,7 @@ from typing import Any
 from app.domain.events import LoyaltyEvent
 from app.domain.identity import IdentityGraph
 from app.domain.program import CompiledProgram
-from app.domain.records import Record
+from app.domain.records import AnonymousRecord, Record
 from app.domain.state import MemberState
 
 
@@ -30,8 +30,12 @@ class Profiles:
         self.states: dict[str, MemberState] = {}
 
     def ingest(self, r: Record) -> list[LoyaltyEvent]:
-        """Resolve and apply one record; raises ``InvalidRecord`` for the DLQ."""
-        res = self.graph.add(r)
+        """Resolve and apply one record; raises ``InvalidRecord`` for the DLQ. An anonymous
+        record (no identity) belongs to no profile: nothing happens."""
+        try:
+            res = self.graph.add(r)
+        except AnonymousRecord:
+            return []
         events = list(res.events)
         cid = res.cluster_id
         if res.previous_ids:

@@ -28,6 +28,16 @@ class InvalidRecord(ValueError):
         super().__init__(f"{record_id or '<unknown record>'}: {reason}")
 
 
+class AnonymousRecord(Exception):
+    """A record with no identity (SPEC 2: a POS sale without a card), or the return or line
+    of such a sale: it stays on ``cdp.events`` for consumers and belongs to no profile.
+    Not an error: nothing goes to the dead-letter topic."""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__(f"{record_id}: anonymous (no identifiers)")
+        self.record_id = record_id
+
+
 class UnknownPurchase(InvalidRecord):
     """A refund (or line) whose purchase is not known where it must be."""
 

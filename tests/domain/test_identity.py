@@ -9,7 +9,7 @@ import pytest
 from app.domain.identity import IdentityGraph
 from app.domain.profiles import Profiles
 from app.domain.program import DEFAULT_PROGRAM, Program
-from app.domain.records import InvalidRecord, UnknownPurchase
+from app.domain.records import AnonymousRecord, InvalidRecord, UnknownPurchase
 from app.domain.state import MemberState
 from tests.domain.builders import at, buy, enroll, link, redeem, refund
 from tests.domain.helpers import keys
@@ -52,15 +52,20 @@ def test_phone_attaches_but_never_joins() -> None:
     assert g2.add(link("c2", at(2), customer_id="c2", phone="555")).cluster_id == a.cluster_id
 
 
-def test_anonymous_purchase_and_identifier_less_refund_are_resolvable() -> None:
+def test_anonymous_purchase_and_its_return_have_no_identity() -> None:
+    """SPEC 2: a POS sale without a card is anonymous: no profile, nothing kept; its
+    identifier-less return is an unknown purchase to the graph (the stage drops it)."""
     g = IdentityGraph(P)
-    anon = g.add(buy("A", 1000, at(1)))
-    assert anon.cluster_id.startswith("guest:")
-    assert g.add(refund("R", "A", 100, at(2))).cluster_id == anon.cluster_id
-    assert g.cluster_of_purchase("pos:A") == anon.cluster_id
+    with pytest.raises(AnonymousRecord) as anon:
+        g.add(buy("A", 1000, at(1)))
+    assert anon.value.record_id == "pos.transactions:A"
+    assert g.cluster_of_purchase("pos:A") is None and g.clusters() == {}
     with pytest.raises(UnknownPurchase) as info:
-        g.add(refund("R2", "ZZZ", 100, at(2)))
-    assert info.value.record_id == "pos.returns:R2"
+        g.add(refund("R", "A", 100, at(2)))
+    assert info.value.record_id == "pos.returns:R"
+    # a purchase with identifiers and its identifier-less return still resolve together
+    card = g.add(buy("B", 1000, at(3), member_no="7"))
+    assert g.add(refund("R3", "B", 100, at(4))).cluster_id == card.cluster_id == "member:7"
 
 
 def test_grouping_and_ids_independent_of_arrival_order() -> None:
@@ -70,18 +75,21 @@ def test_grouping_and_ids_independent_of_arrival_order() -> None:
         link("c3", at(2), customer_id="c3", email="a@x"),
         buy("A", 1000, at(0), customer_id="c2"),
         link("c4", at(5), customer_id="c4", email="b@x", member_no="8"),
-        buy("B", 1000, at(4)),
+        buy("B", 1000, at(4)),  # anonymous: forms no cluster
     ]
     seen = set()
     for perm in itertools.permutations(records):
         g = IdentityGraph(P)
-        last = [g.add(r) for r in perm][-1]
+        for r in perm:
+            try:
+                assert g.add(r).cluster_id in g.clusters()
+            except AnonymousRecord:
+                assert r.record_id == "pos.transactions:B"
         seen.add((tuple(sorted((k, tuple(v)) for k, v in g.clusters().items())),
                   g.cluster_of("email", "a@x"), g.cluster_of_purchase("pos:A")))
-        assert last.cluster_id in g.clusters()
     assert len(seen) == 1
     ((clusters, a_cluster, b_cluster),) = seen
-    assert b_cluster == "member:8" and a_cluster.startswith("guest:") and len(clusters) == 3
+    assert b_cluster == "member:8" and a_cluster.startswith("guest:") and len(clusters) == 2
 
 
 def test_two_members_with_different_tiers_lots_and_debts_merge() -> None:
@@ -132,7 +140,8 @@ def test_refund_must_follow_its_purchase_in_the_cluster() -> None:
 def test_graph_storage_round_trip() -> None:
     g = IdentityGraph(P)
     for r in [link("c1", at(1), customer_id="c1", email="a@x"), enroll("4", at(2), email="a@x"),
-              buy("A", 100, at(3)), link("c2", at(4), customer_id="c2", phone="555")]:
+              buy("A", 100, at(3), customer_id="c1"),
+              link("c2", at(4), customer_id="c2", phone="555")]:
         g.add(r)
     g2 = IdentityGraph.from_dict(P, g.to_dict())
     assert g2.clusters() == g.clusters() and g2.to_dict() == g.to_dict()

@@ -20,7 +20,11 @@ from tests.domain.strategies import END, History, histories
 
 def ingest(profiles: Profiles, records: list[Record]) -> list[LoyaltyEvent]:
     """Ingest in the given order; records rejected because their purchase is not known yet
-    (a refund that overtook its purchase) are retried, as the stream layer would."""
+    (a refund that overtook its purchase) are retried, and the returns of anonymous sales
+    dropped, as the stream layer does."""
+    anonymous = {
+        r.purchase_id for r in records if isinstance(r, PurchaseCompleted) and not r.identifiers
+    }
     out: list[LoyaltyEvent] = []
     pending = list(records)
     while pending:
@@ -29,7 +33,8 @@ def ingest(profiles: Profiles, records: list[Record]) -> list[LoyaltyEvent]:
             try:
                 out += profiles.ingest(r)
             except InvalidRecord:
-                retry.append(r)
+                if getattr(r, "purchase_id", None) not in anonymous or r.identifiers:
+                    retry.append(r)
         assert len(retry) < len(pending), retry
         pending = retry
     return out
@@ -51,9 +56,18 @@ def final_ids(p: Profiles) -> set[str]:
 
 
 def components(records: list[Record], merging: set[str]) -> list[set[str]]:
-    """Naive connected components: repeat "join groups that share a key" until stable."""
+    """Naive connected components: repeat "join groups that share a key" until stable.
+
+    Anonymous sales (a purchase without any identifier) and the identifier-less returns of
+    those sales have no identity (SPEC 2) and belong to no component.
+    """
+    anonymous = {
+        r.purchase_id for r in records if isinstance(r, PurchaseCompleted) and not r.identifiers
+    }
     groups: list[tuple[set[str], set[str]]] = []
     for r in records:
+        if not r.identifiers and getattr(r, "purchase_id", None) in anonymous:
+            continue
         ks = {f"{i.type}:{i.value}" for i in r.identifiers if i.type in merging}
         pid = getattr(r, "purchase_id", None)
         if pid:
