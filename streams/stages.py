@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -22,10 +23,10 @@ from streams.topics import CANONICAL, RESOLVED
 log = logging.getLogger("loyalty_cdp.stages")
 
 BATCH = 5000
-#: Faust flushes a take buffer at least this often. Each stage waits up to this long before
-#: it starts a batch, so it adds to the end-to-end latency twice (identity, profiles); under
-#: load batches still grow, because the buffer fills while the previous batch runs.
-WITHIN_S = 0.05
+#: Faust flushes a take buffer at least this often (``LOYALTY_CDP_BATCH_WITHIN_MS``). Each
+#: stage waits up to this long before it starts a batch, so it adds to the end-to-end latency
+#: twice (identity, profiles); longer waits make fewer, larger batches (fewer transactions).
+WITHIN_S = int(os.environ.get("LOYALTY_CDP_BATCH_WITHIN_MS", "200")) / 1000
 
 
 async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> Any:
