@@ -12,18 +12,13 @@ The real-stack version (Kafka tombstone, API 404, the CLI) is
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import text
 
-from app.domain.program import load_program
-from app.domain.records import Record, format_time, record_to_data
-from app.settings import settings
 from streams.erasure import (
     TABLES,
     ErasureError,
@@ -34,63 +29,16 @@ from streams.erasure import (
     erase,
     profile_ref,
 )
-from streams.identity import IdentityStage, encode_note
-from streams.outbox import Outbox
-from streams.profiles import ProfileStage
+from streams.identity import encode_note
 from streams.store import Store
 from streams.topics import PROFILES, RESOLVED
 from tests.domain.builders import at, buy, consent, enroll, link
+from tests.stage_harness import PARTS, PROGRAM, Pipeline, cloudevent, count
 from tests.test_cli_errors import closed_port, one_line_error, run_cli
 
 __all__ = ["closed_port"]  # a fixture, used by name
 
 pytest_plugins = ["tests.pg_support"]
-
-PROGRAM = load_program(settings().program_file).compile()
-PARTS = 8
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-
-    def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        self.sent.append((topic, value, key, partition))
-
-    def flush_sync(self, timeout: float = 60.0) -> None:
-        pass
-
-
-@dataclass
-class Msg:
-    value: bytes
-    key: bytes = b"k"
-    topic: str = "cdp.events"
-    partition: int = 0
-    offset: int = 0
-
-
-def cloudevent(r: Record) -> bytes:
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": r.record_id.replace(":", "-"),
-            "source": f"loyalty-cdp/{r.source}",
-            "type": r.TYPE,
-            "subject": r.record_id,
-            "time": format_time(r.occurred_at),
-            "datacontenttype": "application/json",
-            "data": record_to_data(r),
-        }
-    )
-
 
 ANN = [
     link("W1", at(0), customer_id="W1", email="ann@example.com"),
@@ -104,35 +52,6 @@ BOB = [
     enroll("M2", at(1), customer_id="W2"),
     buy("T3", 5_000, at(2), member_no="M2"),
 ]
-
-
-class Pipeline:
-    """The identity and profile stages over the real store, with a fake producer."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.out = FakeProducer()
-        outbox = Outbox(store, self.out, "unused:9092")  # type: ignore[arg-type]
-        self.identity = IdentityStage(PROGRAM, store, self.out, outbox, PARTS)  # type: ignore[arg-type]
-        self.profiles = ProfileStage(
-            PROGRAM, store, self.out, outbox, PARTS, clock="manual"  # type: ignore[arg-type]
-        )
-
-    def feed(self, records: list[Record]) -> None:
-        self.identity.process([Msg(cloudevent(r)) for r in records])
-        self.drain()
-
-    def drain(self) -> None:
-        notes = [(p or 0, v) for t, v, _, p in self.out.sent if t == RESOLVED and v]
-        self.out.sent = [m for m in self.out.sent if m[0] != RESOLVED]
-        if notes:
-            self.profiles.process(notes)
-
-
-def count(store: Store, sql: str, **params: Any) -> int:
-    with store.tx() as conn:
-        return int(conn.execute(text(sql), params).scalar_one())
-
 
 @pytest.fixture()
 def store(source_dsns: dict[str, str]) -> Iterator[Store]:

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
+from streams.erasure import TABLES
 from streams.store import Store
 from tests.domain.builders import at, buy, refund
-from tests.test_erasure import TABLES, Pipeline, count
+from tests.stage_harness import Pipeline, count
 
 pytest_plugins = ["tests.pg_support"]
 

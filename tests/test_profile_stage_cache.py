@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from app.domain.records import Record
+from streams.erasure import TABLES
 from streams.parsed_records import ParsedRecords
 from streams.profiles import WALL_SLACK, ProfileStage
 from streams.store import Store
 from tests.domain.builders import at, buy, consent, enroll, link, redeem, refund
-from tests.test_erasure import PARTS, PROGRAM, TABLES, Msg, Pipeline, cloudevent
+from tests.stage_harness import PARTS, PROGRAM, Msg, Pipeline, cloudevent
 
 pytest_plugins = ["tests.pg_support"]
 

@@ -1,0 +1,102 @@
+"""The identity and profile stages over a real PostgreSQL store, fed by hand.
+
+Hand-made ``cdp.events`` messages go to the real :class:`IdentityStage`; its notifications go
+to the real :class:`ProfileStage`; the producer is a fake that keeps what was sent. Used by
+the store-level tests of erasure, the identity stage and the profile stage's state cache
+(no broker, no Faust: the real-stack versions are in tests/integration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+
+from app.domain.program import load_program
+from app.domain.records import Record, format_time, record_to_data
+from app.settings import settings
+from streams.identity import IdentityStage
+from streams.outbox import Outbox
+from streams.profiles import ProfileStage
+from streams.store import Store
+from streams.topics import RESOLVED
+
+__all__ = ["PARTS", "PROGRAM", "FakeProducer", "Msg", "Pipeline", "cloudevent", "count"]
+
+PROGRAM = load_program(settings().program_file).compile()
+PARTS = 8
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        self.sent.append((topic, value, key, partition))
+
+    def flush_sync(self, timeout: float = 60.0) -> None:
+        pass
+
+
+@dataclass
+class Msg:
+    value: bytes
+    key: bytes = b"k"
+    topic: str = "cdp.events"
+    partition: int = 0
+    offset: int = 0
+
+
+def cloudevent(r: Record) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": r.record_id.replace(":", "-"),
+            "source": f"loyalty-cdp/{r.source}",
+            "type": r.TYPE,
+            "subject": r.record_id,
+            "time": format_time(r.occurred_at),
+            "datacontenttype": "application/json",
+            "data": record_to_data(r),
+        }
+    )
+
+
+class Pipeline:
+    """The identity and profile stages over the real store, with a fake producer."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.out = FakeProducer()
+        outbox = Outbox(store, self.out, "unused:9092")  # type: ignore[arg-type]
+        self.identity = IdentityStage(PROGRAM, store, self.out, outbox, PARTS)  # type: ignore[arg-type]
+        self.profiles = ProfileStage(
+            PROGRAM, store, self.out, outbox, PARTS, clock="manual"  # type: ignore[arg-type]
+        )
+
+    def feed(self, records: list[Record]) -> None:
+        self.identity.process([Msg(cloudevent(r)) for r in records])
+        self.drain()
+
+    def drain(self) -> None:
+        notes = [(p or 0, v) for t, v, _, p in self.out.sent if t == RESOLVED and v]
+        self.out.sent = [m for m in self.out.sent if m[0] != RESOLVED]
+        if notes:
+            self.profiles.process(notes)
+
+
+def count(store: Store, sql: str, **params: Any) -> int:
+    with store.tx() as conn:
+        return int(conn.execute(text(sql), params).scalar_one())
+
+
