@@ -6,32 +6,14 @@ Usage in a test module: ``pytest_plugins = ["tests.pg_support"]`` and request ``
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from app.db.migrate import upgrade_all
 from app.stack import postgres
 from app.stack.ports import free_port
-
-
-@contextmanager
-def private_dir(prefix: str) -> Iterator[Path]:
-    """A temp dir outside pytest's basetemp, removed afterwards.
-
-    A PostgreSQL data dir must not live under pytest's basetemp: another pytest session
-    starting on the machine resets that tree to mode 0700, locking the server (which runs as
-    an unprivileged user) out of its own data directory.
-    """
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+from tests.private_dirs import private_dir
 
 
 @pytest.fixture(scope="session")

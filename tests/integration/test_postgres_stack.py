@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from app.db.migrate import DATABASES, alembic_config, current_revision, upgrade_all
 from app.stack import postgres
 from app.stack.ports import free_port
-from tests.pg_support import private_dir
+from tests.private_dirs import private_dir
 
 pytestmark = pytest.mark.integration
 
