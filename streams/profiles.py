@@ -217,13 +217,9 @@ class ProfileStage:
             changed |= ticked
             candidates: set[str] = set()
             if target is not None:
+                # every state due in a locked partition was put in ``touched`` above
                 candidates = (
-                    {
-                        pid
-                        for pid, st in self.states.items()
-                        if st.next_due <= target and self._part(pid) in locked
-                    }
-                    | changed
+                    {pid for pid in touched if pid in self.states} | changed
                     if advance_all
                     else changed
                 )
@@ -254,7 +250,7 @@ class ProfileStage:
         self.versions.update(versions)
         for pid in gone:
             self._forget(pid)
-        self._keep_hot(touched.keys() | candidates)
+        self._keep_hot(touched.keys() | changed)
         self._publish(docs, gone, rejected)
         self.outbox.publish(new_events)
         if self._guest_purchases and self.on_guest_purchases is not None:
