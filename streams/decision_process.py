@@ -25,10 +25,14 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.decisioning import DecisionAgent
 
 __all__ = ["canonical", "loyalty", "start_pool"]
 
-_AGENT: object | None = None  # the child's DecisionAgent
+_AGENT: DecisionAgent | None = None  # the child's agent
 
 
 def start_pool(broker: str, clock: str, store_dsn: str) -> ProcessPoolExecutor:
@@ -68,7 +72,7 @@ def _watch_parent(parent: int) -> None:
     os._exit(0)  # the worker is gone: its replacement re-delivers what was not committed
 
 
-def _agent() -> object:
+def _agent() -> DecisionAgent:
     if _AGENT is None:  # pragma: no cover - the pool's initializer sets it
         raise RuntimeError("decisioning process not initialised")
     return _AGENT
@@ -77,12 +81,12 @@ def _agent() -> object:
 def loyalty(values: Sequence[bytes]) -> dict[str, int]:
     """Decide a batch of ``loyalty.events`` values; returns the agent's counters."""
     agent = _agent()
-    agent.process_loyalty(values)  # type: ignore[attr-defined]
-    return agent.counts.as_dict()  # type: ignore[attr-defined, no-any-return]
+    agent.process_loyalty(values)
+    return agent.counts.as_dict()
 
 
 def canonical(values: Sequence[bytes]) -> dict[str, int]:
     """Decide guest purchases handed over by the profile stage; returns the counters."""
     agent = _agent()
-    agent.process_canonical(values)  # type: ignore[attr-defined]
-    return agent.counts.as_dict()  # type: ignore[attr-defined, no-any-return]
+    agent.process_canonical(values)
+    return agent.counts.as_dict()

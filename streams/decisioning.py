@@ -234,8 +234,6 @@ class DecisionAgent:
         self.lookback = timedelta(days=max(policy.window_days, policy.repeat_days, 1))
         self.counts = _Counts()
         self.reconciled = False
-        #: Set by :func:`register_decisioning`: hand guest purchases to this agent's thread.
-        self.submit_guest_purchases: Callable[[list[bytes]], None] | None = None
 
     # -- entry points -------------------------------------------------------------------
 
@@ -524,8 +522,12 @@ class Decisions:
         fut.add_done_callback(self._done)
 
     def _done(self, fut: Any) -> None:
-        _log_failure(fut)
-        if not fut.cancelled() and fut.exception() is None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("guest purchase moments failed: %s", exc, exc_info=exc)
+        else:
             self.counts = fut.result()
 
 
@@ -550,9 +552,3 @@ def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str
             handle.counts = await run_stage(app, pool, decision_process.loyalty, values)
 
     return handle
-
-
-def _log_failure(fut: Any) -> None:
-    exc = fut.exception()
-    if exc is not None:
-        log.error("guest purchase moments failed: %s", exc, exc_info=exc)

@@ -202,9 +202,10 @@ class IdentityStage:
         try:
             res = self.graph.add(r)
         except AnonymousRecord:
-            # no identity (a sale without a card, or its return): on cdp.events only
-            if isinstance(r, PurchaseCompleted):
-                b.anonymous.append(r.purchase_id)
+            # a sale without a card: no identity, on cdp.events only (its identifier-less
+            # return is an unknown purchase to the graph: dropped in _retry_parked)
+            assert isinstance(r, PurchaseCompleted)
+            b.anonymous.append(r.purchase_id)
             self.counts["anonymous"] += 1
             return
         except UnknownPurchase:
