@@ -8,7 +8,8 @@ the store-level tests of erasure, the identity stage and the profile stage's sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +19,24 @@ from sqlalchemy import text
 from app.domain.program import load_program
 from app.domain.records import Record, format_time, record_to_data
 from app.settings import settings
+from streams.erasure import TABLES
 from streams.identity import IdentityStage
 from streams.outbox import Outbox
 from streams.profiles import ProfileStage
 from streams.store import Store
 from streams.topics import RESOLVED
 
-__all__ = ["PARTS", "PROGRAM", "FakeProducer", "Msg", "Pipeline", "cloudevent", "count"]
+__all__ = [
+    "PARTS",
+    "PROGRAM",
+    "FakeProducer",
+    "Msg",
+    "Pipeline",
+    "clean_store",
+    "cloudevent",
+    "count",
+    "truncate",
+]
 
 PROGRAM = load_program(settings().program_file).compile()
 PARTS = 8
@@ -100,3 +112,21 @@ def count(store: Store, sql: str, **params: Any) -> int:
         return int(conn.execute(text(sql), params).scalar_one())
 
 
+#: Every table the stages and erasure write: emptied before each store-level test.
+STATE_TABLES = (*TABLES, "anonymous_purchases", "erasure_audit", "clock")
+
+
+def truncate(store: Store) -> None:
+    with store.tx() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(STATE_TABLES)}"))
+
+
+@contextmanager
+def clean_store(dsn: str) -> Iterator[Store]:
+    """A store over ``dsn`` with every stage table emptied; disposed afterwards."""
+    store = Store(dsn)
+    truncate(store)
+    try:
+        yield store
+    finally:
+        store.dispose()

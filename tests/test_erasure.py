@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import text
 
 from streams.erasure import (
-    TABLES,
     ErasureError,
     UnknownIdentifier,
     _contents,
@@ -33,7 +32,7 @@ from streams.identity import encode_note
 from streams.store import Store
 from streams.topics import PROFILES, RESOLVED
 from tests.domain.builders import at, buy, consent, enroll, link
-from tests.stage_harness import PARTS, PROGRAM, Pipeline, cloudevent, count
+from tests.stage_harness import PARTS, PROGRAM, Pipeline, clean_store, cloudevent, count
 from tests.test_cli_errors import closed_port, one_line_error, run_cli
 
 __all__ = ["closed_port"]  # a fixture, used by name
@@ -55,11 +54,8 @@ BOB = [
 
 @pytest.fixture()
 def store(source_dsns: dict[str, str]) -> Iterator[Store]:
-    s = Store(source_dsns["cdp"])
-    with s.tx() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}, erasure_audit, clock"))
-    yield s
-    s.dispose()
+    with clean_store(source_dsns["cdp"]) as s:
+        yield s
 
 
 # -- pure helpers ------------------------------------------------------------------------

@@ -7,23 +7,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
 
-from streams.erasure import TABLES
 from streams.store import Store
 from tests.domain.builders import at, buy, refund
-from tests.stage_harness import Pipeline, count
+from tests.stage_harness import Pipeline, clean_store, count
 
 pytest_plugins = ["tests.pg_support"]
 
 
 @pytest.fixture()
 def store(source_dsns: dict[str, str]) -> Iterator[Store]:
-    s = Store(source_dsns["cdp"])
-    with s.tx() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}, anonymous_purchases, erasure_audit"))
-    yield s
-    s.dispose()
+    with clean_store(source_dsns["cdp"]) as s:
+        yield s
 
 
 def test_anonymous_sales_and_their_returns_have_no_profile(store: Store) -> None:

@@ -13,12 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from app.domain.records import Record
-from streams.erasure import TABLES
 from streams.parsed_records import ParsedRecords
 from streams.profiles import WALL_SLACK, ProfileStage
 from streams.store import Store
 from tests.domain.builders import at, buy, consent, enroll, link, redeem, refund
-from tests.stage_harness import PARTS, PROGRAM, Msg, Pipeline, cloudevent
+from tests.stage_harness import PARTS, PROGRAM, Msg, Pipeline, cloudevent, truncate
 
 pytest_plugins = ["tests.pg_support"]
 
@@ -41,8 +40,7 @@ def history() -> list[list[Record]]:
 
 
 def run(store: Store, hot_limit: int, parsed: ParsedRecords | None) -> tuple[dict[str, Any], Any]:
-    with store.tx() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)}, erasure_audit, clock"))
+    truncate(store)
     p = Pipeline(store)
     p.identity.parsed = p.profiles.parsed = parsed
     p.profiles.hot_limit = hot_limit
