@@ -154,9 +154,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _Worker(faust.Worker):
-    """Tells the API supervisor that a shutdown is under way before any restart decision."""
+    """Tells the API supervisor that a shutdown is under way before any restart decision, and
+    runs without Faust's terminal spinner.
+
+    Why no spinner: ``faust.Worker`` always creates one, and at a log level of WARN or above
+    it sets the *root* logger to DEBUG so that the spinner turns on every log record. Every
+    ``log.debug`` in aiokafka, Faust and mode (several per fetch and per partition) then built
+    a ``LogRecord`` only for the handlers to drop it: about a fifth of the idle worker's CPU.
+    The worker runs detached (its output goes to a log file), so the spinner showed nothing.
+    """
 
     api: ApiSupervisor | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
     def _schedule_shutdown(self, sig: signal.Signals) -> None:
         if self.api is not None:
