@@ -49,6 +49,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -319,6 +320,11 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     load_config()  # program and catalog compiled (and validated) before serving
+    # What is loaded now lives as long as the process: out of the collector's sight, a full
+    # collection no longer walks the program, the catalog and the imported modules in the
+    # middle of a request.
+    gc.collect()
+    gc.freeze()
     reader = ProfileReader(dsn)
     await reader.open()
     runner = web.AppRunner(

@@ -13,6 +13,7 @@ listens on an internal loopback port (``--internal-web-port``, default: a free o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -28,8 +29,10 @@ from app.cdc.connectors import change_topics, load_connectors
 from app.domain.program import load_program
 from app.mapping.engine import Mapper
 from app.settings import settings
+from app.stack.errors import StackError
 from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
+from app.stack.process import stream_nice
 from app.stack.state import StackPaths
 from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
@@ -129,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        nice = stream_nice()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     internal = args.internal_web_port or free_port()
     cfg = WorkerSettings(
         broker=broker,
@@ -138,19 +146,41 @@ def main(argv: list[str] | None = None) -> int:
         store_dsn=store_dsn,
         clock=clock,
     )
+    workers: list[Any] = []  # the Faust worker, once it exists
+
+    def give_up() -> None:
+        for w in workers:
+            w.loop.call_soon_threadsafe(w.shutdown_on_signal)
+
+    # The API supervisor starts first, at the worker's priority; everything after it (the
+    # app's producers and consumers, Faust's threads) runs ``nice`` steps lower.
+    api = ApiSupervisor(args.web_host, web_port, internal, store_dsn, on_give_up=give_up)
+    api.start()
+    _lower_stream_priority(nice)
     app = create_worker_app(cfg)
     worker: Any = _Worker(app, loglevel=args.loglevel, quiet=True)
-    api = ApiSupervisor(
-        args.web_host, web_port, internal, store_dsn,
-        on_give_up=lambda: worker.loop.call_soon_threadsafe(worker.shutdown_on_signal),
-    )
     worker.api = api
-    api.start()
+    workers.append(worker)
     try:
         worker.execute_from_commandline()
     finally:
         api.stop()
     return 0
+
+
+def _lower_stream_priority(nice: int) -> None:
+    """Run this thread, and every thread and process it starts from now on (Faust's loop and
+    executors, the decisioning process), ``nice`` steps lower, but not the API process.
+
+    On Linux a priority belongs to a thread (``setpriority(PRIO_PROCESS, 0)`` and ``nice()``
+    change the calling thread only) and a new thread or child inherits its creator's. The API
+    supervisor's thread was started before this call, so it keeps the worker's priority and
+    so do the API processes it (re)starts: a checkout's decision does not queue behind a
+    stage's batch (app/stack/process.py).
+    """
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
 
 
 class _Worker(faust.Worker):

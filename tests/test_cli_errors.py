@@ -118,6 +118,14 @@ def test_up_with_a_bad_clock(tmp_path: Path) -> None:
     assert "--clock" in line
 
 
+@pytest.mark.parametrize("value", ["fast", "-1", "20"])
+def test_up_with_a_bad_stream_nice_starts_nothing(tmp_path: Path, value: str) -> None:
+    state = tmp_path / "s"
+    res = run_cli("up", "--state-dir", str(state), env={"LOYALTY_CDP_STREAM_NICE": value})
+    assert "LOYALTY_CDP_STREAM_NICE" in one_line_error(res)
+    assert not (state / "postgres").exists()
+
+
 def test_topics_apply_without_a_stack(tmp_path: Path) -> None:
     line = one_line_error(run_cli("topics", "apply", "--state-dir", str(tmp_path / "none")))
     assert "no embedded stack" in line and "--bootstrap" in line

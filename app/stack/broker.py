@@ -45,8 +45,9 @@ def wait_listening(port: int, timeout: float = 20.0, host: str = LOOPBACK) -> bo
     return False
 
 
-def start_broker(proc: ManagedProcess, port: int) -> str:
-    """Start Tansu on ``127.0.0.1:port`` (memory storage) and return ``host:port``."""
+def start_broker(proc: ManagedProcess, port: int, nice: int = 0) -> str:
+    """Start Tansu on ``127.0.0.1:port`` (memory storage), ``nice`` steps below this process's
+    priority, and return ``host:port``."""
     if not port_is_free(port):
         raise StackError(
             f"broker port {port} on {LOOPBACK} is taken; choose another with --broker-port"
@@ -64,7 +65,8 @@ def start_broker(proc: ManagedProcess, port: int) -> str:
             "memory://tansu/",
             "--cluster-id",
             f"loyalty-cdp-{uuid.uuid4().hex[:8]}",
-        ]
+        ],
+        nice=nice,
     )
     if not wait_listening(port):
         tail = _tail(proc.log_file)

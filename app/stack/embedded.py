@@ -27,6 +27,7 @@ from app.stack import postgres
 from app.stack.broker import start_broker, wait_listening
 from app.stack.errors import StackError
 from app.stack.ports import free_port, port_is_free
+from app.stack.process import stream_nice
 from app.stack.state import StackPaths, StackState
 from app.stack.topics import apply_topics, load_plan
 
@@ -109,6 +110,7 @@ def up(
     paths = StackPaths(state_dir.resolve())
     specs = _connectors()
     state = _choose_state(paths, pg_port, broker_port, api_port, clock)
+    nice = stream_nice()  # a bad value fails here, before anything is saved or started
     _check_ports(paths, state, with_worker=with_worker)  # before anything is saved or started
     paths.save(state)
     t0 = time.monotonic()
@@ -123,7 +125,7 @@ def up(
     broker = paths.process("broker")
     if not broker.is_running():
         say(f"starting broker on {state.broker}")
-        start_broker(broker, state.broker_port)
+        start_broker(broker, state.broker_port, nice)
     results = apply_topics(state.broker, load_plan(settings().topics_file, specs))
     created = sum(1 for v in results.values() if v == "created")
     say(f"topics: {created} created, {len(results) - created} existing")
@@ -132,7 +134,10 @@ def up(
     if not cdc.is_running():
         find_jvm()  # a clear error before spawning
         say("starting Debezium connectors: " + ", ".join(s.name for s in specs))
-        cdc.start([sys.executable, "-m", "app.cdc.runner", "--state-dir", str(paths.root)])
+        cdc.start(
+            [sys.executable, "-m", "app.cdc.runner", "--state-dir", str(paths.root)],
+            nice=nice,
+        )
         if not _wait_slots_active(admin, specs, timeout=180):
             tail = _log_tail(cdc.log_file)
             cdc.stop(timeout=10)

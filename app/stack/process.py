@@ -5,12 +5,21 @@ the CLI call, and ``down`` must stop exactly those processes and nothing else, l
 orphan. Each process is started in a new session (its own process group) so that stopping it
 also stops anything it forked, and its pid file records the kernel start time of the process,
 so a recycled pid after a reboot is never mistaken for ours.
+
+Priority: the stream processes (broker, CDC runner, the worker's stages and its decisioning
+process) run :func:`stream_nice` steps below the decision API and PostgreSQL. On one host a
+checkout waiting on ``POST /v1/decisions`` should not queue behind a stage's batch or the
+broker's fetch loop; the streams lose nothing but a few milliseconds when the API is busy,
+and nothing at all when it is idle (niceness only matters when the cores are contended).
+Measured: at 500 req/s the API's p99 went from 12-19 ms to about 11 ms with only that
+change, on the 2-core host with the stack idle (README, Benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +27,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ManagedProcess"]
+from app.stack.errors import StackError
+
+__all__ = ["ManagedProcess", "stream_nice"]
+
+#: niceness of the stream processes unless ``LOYALTY_CDP_STREAM_NICE`` says otherwise
+DEFAULT_STREAM_NICE = 10
+
+
+def stream_nice() -> int:
+    """``$LOYALTY_CDP_STREAM_NICE`` (0–19, default 10): how far below the API the stream
+    processes run; 0 runs everything at the same priority."""
+    raw = os.environ.get("LOYALTY_CDP_STREAM_NICE", "").strip()
+    if not raw:
+        return DEFAULT_STREAM_NICE
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise StackError(f"LOYALTY_CDP_STREAM_NICE must be an integer from 0 to 19, not {raw!r}")
+    return value
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -63,14 +92,22 @@ class ManagedProcess:
         return self.pid() is not None
 
     def start(
-        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        nice: int = 0,
     ) -> int:
-        """Start ``argv`` detached (new session), stdout and stderr appended to the log."""
+        """Start ``argv`` detached (new session), stdout and stderr appended to the log,
+        ``nice`` steps below this process's priority (through ``nice(1)``, which execs the
+        command: same pid, and every thread the command starts inherits the priority)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        nice_bin = shutil.which("nice") if nice > 0 else None
+        prefix = [nice_bin, "-n", str(nice)] if nice_bin else []
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                list(argv),
+                [*prefix, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

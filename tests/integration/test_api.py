@@ -207,6 +207,28 @@ def _wait_until(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _nice(pid: int, tid: int | None = None) -> int:
+    """The nice value of a thread (``tid``, default the main thread) of ``pid``."""
+    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of stat
+
+
+def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
+    """The broker, the CDC runner and the worker's threads run LOYALTY_CDP_STREAM_NICE (10)
+    steps below the API process, which keeps the priority of whoever ran ``up``."""
+    base = os.nice(0)
+    paths = StackPaths(stack["state_dir_path"].resolve())
+    for name in ("broker", "cdc", "worker"):
+        pid = paths.process(name).pid()
+        assert pid is not None and _nice(pid) == min(base + 10, 19), name
+    wpid = paths.process("worker").pid()
+    assert wpid is not None
+    assert _nice(_api_child(wpid)) == base
+    decisioning = [p for p, cmd in _children(wpid) if "multiprocessing" in cmd]
+    assert decisioning, _children(wpid)  # started by the fixture's purchases
+    assert all(_nice(p) == min(base + 10, 19) for p in decisioning)
+
+
 def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
     worker = StackPaths(stack["state_dir_path"].resolve()).process("worker")
     wpid = worker.pid()
@@ -219,11 +241,13 @@ def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any])
     assert _get(stack, "/healthz").json()["status"] == "ok"
     assert _get(stack, "/metrics").headers["content-type"].startswith("text/plain")
     assert _get(stack, "/v1/members/M100").status_code == 200
+    api_nice = _nice(api)
     os.kill(api, signal.SIGKILL)  # a crash: the worker starts a new one
     _wait_until(lambda: not _alive(api), 10, "the killed API process is still there")
     _wait_until(lambda: _listening_pids(port) - {api}, 30, "the API process was not restarted")
     new = _api_child(wpid)
     assert new != api
+    assert _nice(new) == api_nice  # restarted from the supervisor's thread, not niced
     assert _get(stack, "/v1/members/M100").json()["member_id"] == "M100"
     assert _get(stack, "/healthz").status_code == 200
 
