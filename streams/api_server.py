@@ -77,6 +77,7 @@ from streams.api import (
     parse_decision_request,
     parse_member_ref,
 )
+from streams.profile_cache import CHANNEL, DEFAULT_SIZE, Found, Key, ProfileCache, cache_size
 from streams.store import identifier_hash
 
 __all__ = ["BATCH_SQL", "ApiSupervisor", "ProfileReader", "build_api_app", "main"]
@@ -120,7 +121,10 @@ BATCH_SQL = (
     " ORDER BY q.n, p.member_id NULLS LAST, p.profile_id"
 )
 
-Found = tuple[str, dict[str, Any]] | None
+
+
+#: ``application_name`` of the API's notification listener (``pg_stat_activity``)
+LISTENER_NAME = "loyalty-cdp-api-listener"
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:
@@ -141,16 +145,21 @@ class ProfileReader:
     """
 
     def __init__(
-        self, dsn: str, *, max_inflight: int = 4, max_batch: int = 64
+        self, dsn: str, *, max_inflight: int = 4, max_batch: int = 64,
+        cache_size: int = 0, health_interval: float = 5.0,
     ) -> None:
         self.dsn = _libpq_dsn(dsn)
         self.pool: asyncpg.Pool | None = None
         self.max_inflight = max_inflight
         self.max_batch = max_batch
-        self._pending: list[tuple[str, str, asyncio.Future[Found]]] = []
+        #: profiles already read, kept while the store's notifications say they are current
+        self.cache = ProfileCache(cache_size) if cache_size > 0 else None
+        self.health_interval = health_interval
+        self._pending: list[tuple[Key, int, asyncio.Future[Found]]] = []
         self._inflight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
 
     @staticmethod
     async def _configure(conn: asyncpg.Connection) -> None:
@@ -164,18 +173,68 @@ class ProfileReader:
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=self.max_inflight, max_size=self.max_inflight,
             init=self._configure, reset=_keep_session, timeout=timeout,
-            command_timeout=timeout,
+            command_timeout=timeout, server_settings={"application_name": "loyalty-cdp-api"},
         )
+        if self.cache is not None:
+            self._listener = asyncio.create_task(self._listen(), name="profile-notifications")
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         if self.pool is not None:
             await self.pool.close()
 
+    async def _listen(self) -> None:
+        """Keep a connection listening to the store's profile notifications; the cache is
+        used only while one is up. Reconnects every second while the store is away."""
+        cache = self.cache
+        assert cache is not None
+        while True:
+            try:
+                await self._listen_once(cache)
+            except asyncio.CancelledError:
+                cache.disable()
+                raise
+            except Exception as exc:  # the store is down: read through until it is back
+                log.warning("profile notifications unavailable (%s); not caching",
+                            type(exc).__name__)
+            cache.disable()
+            await asyncio.sleep(1.0)
+
+    async def _listen_once(self, cache: ProfileCache) -> None:
+        """One listening connection, until it is lost (checked every ``health_interval``
+        seconds too, as a half-open connection would otherwise go unnoticed)."""
+        lost = asyncio.Event()
+        conn = await asyncpg.connect(
+            self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
+        )
+        try:
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, msg: cache.invalidate(msg))
+            cache.enable()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.health_interval)
+                if not lost.is_set():
+                    await conn.fetchval("SELECT 1", timeout=self.health_interval)
+        finally:
+            cache.disable()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+
     async def profile(self, type_: str, value: str) -> Found:
         """``(profile_id, export document)`` of the profile holding ``type_:value``, or None."""
+        key = (type_, identifier_hash(type_, value))
+        cache = self.cache
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Found] = loop.create_future()
-        self._pending.append((type_, identifier_hash(type_, value), fut))
+        self._pending.append((key, cache.generation if cache is not None else 0, fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._kick)
@@ -191,11 +250,11 @@ class ProfileReader:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[str, str, asyncio.Future[Found]]]) -> None:
+    async def _run(self, batch: list[tuple[Key, int, asyncio.Future[Found]]]) -> None:
         try:
             assert self.pool is not None, "ProfileReader.open() first"
             rows = await self.pool.fetch(
-                BATCH_SQL, [t for t, _, _ in batch], [h for _, h, _ in batch]
+                BATCH_SQL, [k[0] for k, _, _ in batch], [k[1] for k, _, _ in batch]
             )
         except Exception as exc:
             for _, _, fut in batch:
@@ -203,9 +262,13 @@ class ProfileReader:
                     fut.set_exception(exc)
         else:
             found = {n: (pid, doc) for n, pid, doc in rows}
-            for n, (_, _, fut) in enumerate(batch, 1):
+            cache = self.cache
+            for n, (key, generation, fut) in enumerate(batch, 1):
+                one = found.get(n)
+                if cache is not None:
+                    cache.put(key, one, generation)
                 if not fut.done():  # a request cancelled meanwhile (client went away)
-                    fut.set_result(found.get(n))
+                    fut.set_result(one)
         finally:
             self._inflight -= 1
             self._kick()
@@ -312,7 +375,7 @@ async def _accepting(port: int, host: str = "127.0.0.1") -> bool:
 
 async def serve(
     host: str, port: int, upstream_port: int, dsn: str, parent: int | None,
-    ready_timeout: float = 120.0,
+    ready_timeout: float = 120.0, cache: int = DEFAULT_SIZE,
 ) -> None:
     """Serve until SIGTERM/SIGINT or until ``parent`` is gone."""
     loop = asyncio.get_running_loop()
@@ -325,7 +388,7 @@ async def serve(
     # middle of a request.
     gc.collect()
     gc.freeze()
-    reader = ProfileReader(dsn)
+    reader = ProfileReader(dsn, cache_size=cache)
     await reader.open()
     runner = web.AppRunner(
         build_api_app(reader, f"http://127.0.0.1:{upstream_port}"),
@@ -366,9 +429,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not dsn:
         print("error: $LOYALTY_CDP_STORE_DSN is required", file=sys.stderr)
         return 2
+    try:
+        cache = cache_size()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
-    asyncio.run(serve(args.host, args.port, args.upstream_port, dsn, args.parent_pid))
+    asyncio.run(
+        serve(args.host, args.port, args.upstream_port, dsn, args.parent_pid, cache=cache)
+    )
     return 0
 
 

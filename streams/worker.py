@@ -43,6 +43,7 @@ from streams.metrics import register_metrics
 from streams.outbox import Outbox
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
+from streams.profile_cache import cache_size
 from streams.profiles import ProfileStage
 from streams.stages import register_stages
 from streams.store import Store
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         nice = stream_nice()
-    except StackError as exc:
+        cache_size()  # the API process's setting: refused here, before anything starts
+    except (StackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     internal = args.internal_web_port or free_port()

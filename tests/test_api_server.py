@@ -9,6 +9,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -60,6 +61,80 @@ async def test_batched_lookups_equal_single_lookups(store: Store, reader: Profil
     got = await asyncio.gather(*(reader.profile(t, v) for t, v in LOOKUPS))
     assert got == expected
     assert await reader.profile("card_no", "C1") == ("P1", DOC)
+
+
+async def _until(cond: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture()
+async def cached(store: Store) -> AsyncIterator[ProfileReader]:
+    r = ProfileReader(str(store.engine.url.render_as_string(hide_password=False)),
+                      max_inflight=1, cache_size=100, health_interval=0.3)
+    await r.open()
+    assert r.cache is not None
+    await _until(lambda: r.cache is not None and r.cache.enabled, "listener not up")
+    yield r
+    await r.close()
+
+
+async def test_the_cache_follows_every_committed_change(
+    store: Store, cached: ProfileReader
+) -> None:
+    cache = cached.cache
+    assert cache is not None
+    assert await cached.profile("email", "ann@example.com") == ("P1", DOC)
+    assert await cached.profile("card_no", "C1") == ("P1", DOC)
+    assert await cached.profile("email", "ann@example.com") == ("P1", DOC)
+    assert (cache.hits, len(cache)) == (1, 2)
+    # bookkeeping that leaves the document alone (next_due) notifies nothing
+    generation = cache.generation
+    with store.tx() as conn:
+        store.set_due(conn, {"P1": datetime(2030, 1, 1, tzinfo=UTC)})
+    await asyncio.sleep(0.5)
+    assert cache.generation == generation and len(cache) == 2
+    # a new snapshot of P1: both of its identifiers are dropped once the commit is notified
+    newer = {**DOC, "points_balance": DOC["points_balance"] + 500}
+    with store.tx() as conn:
+        store.upsert_profiles(conn, {"P1": newer}, {"P1": 2})
+    await _until(lambda: len(cache) == 0, "the new snapshot was not notified")
+    assert await cached.profile("card_no", "C1") == ("P1", newer)
+    # P1 goes (erased, or absorbed by a merge): card C1 is the guest's again
+    with store.tx() as conn:
+        store.delete_profiles(conn, ["P1"])
+    await _until(lambda: len(cache) == 0, "the deletion was not notified")
+    assert await cached.profile("card_no", "C1") == ("P0", GUEST)
+    assert await cached.profile("email", "ann@example.com") is None
+    # an identifier moving to another profile is notified by key: C1 joins a new member
+    with store.tx() as conn:
+        store.upsert_profiles(conn, {"P2": {**DOC, "member_id": "M2"}}, {"P2": 1})
+    await _until(lambda: len(cache) == 0, "the identifier's new owner was not notified")
+    found = await cached.profile("card_no", "C1")
+    assert found is not None and found[0] == "P2"
+
+
+async def test_no_cache_while_notifications_are_lost(
+    store: Store, cached: ProfileReader
+) -> None:
+    cache = cached.cache
+    assert cache is not None
+    await cached.profile("card_no", "C1")
+    assert len(cache) == 1
+    with store.tx() as conn:  # the listening connection dies (a store restart, a proxy)
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = :name"
+        ), {"name": api_server.LISTENER_NAME})
+    await _until(lambda: not cache.enabled, "the lost listener went unnoticed")
+    assert len(cache) == 0
+    assert await cached.profile("card_no", "C1") == ("P1", DOC)  # read through
+    assert len(cache) == 0
+    await _until(lambda: cache.enabled, "the listener did not come back", timeout=15)
+    await cached.profile("card_no", "C1")
+    assert len(cache) == 1
 
 
 class _Upstream:
