@@ -37,6 +37,7 @@ async def test_open_loop_sends_or_sheds_every_due_request(server: str) -> None:
     print(ph)
     assert ph.requests + ph.errors + ph.shed == 100
     assert ph.errors == 10 and ph.target_rps == 200
+    assert ph.send_late_p99_ms is not None and ph.send_late_p99_ms >= 0
     slow = await _steady(server + "?sleep=0.2", bodies[1:], rate=200, duration=0.5,
                          connections=2)
     print(slow)

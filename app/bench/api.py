@@ -75,6 +75,10 @@ class Phase:
     #: the API process's CPU per answered request (ms): how many req/s one idle core would
     #: serve, whatever else the host was running (None: the process was not found)
     server_cpu_ms: float | None = None
+    #: steady phase: how late the load generator itself sent (p99 of send time - due time,
+    #: ms). Latency counts from the due time, so this much of the p99 can be the client's
+    #: own timer and scheduling (asyncio sleeps in whole milliseconds), not the server's.
+    send_late_p99_ms: float | None = None
 
 
 @dataclass
@@ -221,6 +225,7 @@ async def _steady(
     latency counts from that due time (no coordinated omission). A request due while
     ``connections`` are busy is shed and counted (the server is far behind)."""
     lat: list[float] = []
+    late: list[float] = []
     errors = shed = 0
     inflight = 0
     n = int(rate * duration)
@@ -232,6 +237,7 @@ async def _steady(
 
     async def one(i: int, due: float) -> None:
         nonlocal errors, inflight
+        late.append(time.perf_counter() - due)
         try:
             ok = await client.post(i)
         finally:
@@ -260,7 +266,11 @@ async def _steady(
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     client.close()
-    return _phase(lat, errors, elapsed, rate, cpu, shed)
+    phase = _phase(lat, errors, elapsed, rate, cpu, shed)
+    if late:
+        late.sort()
+        phase.send_late_p99_ms = round(_percentile(late, 99) * 1000, 2)
+    return phase
 
 
 async def _saturation(url: str, bodies: list[bytes], concurrency: int, duration: float) -> Phase:
@@ -437,6 +447,9 @@ def format_table(r: ApiBenchResult) -> str:
         lines.append(f"{name:16} {tgt:>7} {ph.achieved_rps:>8} {ph.p50_ms:>7} {ph.p99_ms:>7} "
                      f"{ph.max_ms:>7} {ph.errors:>6} {ph.shed:>5} {ph.client_cpu:>10} "
                      f"{ph.server_cpu_ms if ph.server_cpu_ms is not None else '-':>17}")
+    if r.steady.send_late_p99_ms is not None:
+        lines.append(f"steady: the load generator sent {r.steady.send_late_p99_ms} ms late"
+                     " or less (p99; included in the latency, which counts from due times)")
     lines.append(f"load average (1 min) before/after the API phases: "
                  f"{r.load_avg[0]:.1f} / {r.load_avg[1]:.1f} on {r.machine['cpus']} cores")
     lines.append(
