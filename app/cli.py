@@ -332,10 +332,10 @@ ERASE_HELP = (
     " index rows, loyalty and offer outbox rows, decisions and contact history; a tombstone"
     " per profile id goes to cdp.profiles and the owning worker drops its cached state.\n\n"
     "NOT erased: topics that are not compacted (the change topics pos|web|app.public.*,"
-    " cdp.events, loyalty.events, offers.*) keep their messages until retention, and the"
-    " source databases are the retailer's systems of record: erase the person there too"
-    " (Debezium then captures the deletes). A replay while they still hold the person brings"
-    " the profile back."
+    " cdp.events, cdp.guest_purchases, loyalty.events, offers.*) keep their messages until"
+    " retention, and the source databases are the retailer's systems of record: erase the"
+    " person there too (Debezium then captures the deletes). A replay while they still hold"
+    " the person brings the profile back."
 )
 
 

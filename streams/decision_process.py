@@ -5,11 +5,11 @@ explanations, two JSON documents), and in the worker's process it shared one GIL
 identity and profile stages: on 2 cores the decisions took more CPU than both stages
 together and slowed them down. In a child process it runs on the other core.
 
-What stays the same: the Faust agent in the worker consumes ``loyalty.events`` and awaits
-each batch's completion before taking the next (so offsets are committed only after the
-decisions are committed, as before); the child runs :class:`DecisionAgent` exactly as the
-thread did, one batch at a time (a single-process pool serves its queue in order), guest
-purchases included. Its store connection and producer are its own.
+What stays the same: the Faust agents in the worker consume ``loyalty.events`` and
+``cdp.guest_purchases`` and await each batch's completion before taking the next (so offsets
+are committed only after the decisions are committed, as before); the child runs
+:class:`DecisionAgent` exactly as the thread did, one batch at a time (a single-process pool
+serves its queue in order). Its store connection and producer are its own.
 
 Lifetime: started with the ``spawn`` method (the worker has threads; forking them is
 unsafe), it ignores Ctrl-C (the worker shuts it down), and a watchdog thread exits it when
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from streams.decisioning import DecisionAgent
 
-__all__ = ["canonical", "loyalty", "start_pool"]
+__all__ = ["guest_purchases", "loyalty", "start_pool"]
 
 _AGENT: DecisionAgent | None = None  # the child's agent
 
@@ -85,8 +85,9 @@ def loyalty(values: Sequence[bytes]) -> dict[str, int]:
     return agent.counts.as_dict()
 
 
-def canonical(values: Sequence[bytes]) -> dict[str, int]:
-    """Decide guest purchases handed over by the profile stage; returns the counters."""
+def guest_purchases(values: Sequence[bytes]) -> dict[str, int]:
+    """Decide a batch of ``cdp.guest_purchases`` values (canonical purchase CloudEvents);
+    returns the agent's counters."""
     agent = _agent()
     agent.process_canonical(values)
     return agent.counts.as_dict()

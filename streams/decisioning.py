@@ -6,11 +6,14 @@ Inputs (docs/decisioning.md, "Decisioning agent"):
   moment; ``loyalty.points_earned`` is the **purchase moment of a member** (it carries the
   purchase as its cause, the amount and the points the fold credited), its moment id is the
   purchase record id.
-* ``cdp.events``: ``cdp.purchase.completed`` of a **non-member** (a guest profile) is the
-  purchase moment that gets the enrollment offer. Members' purchases are skipped there (their
+* ``cdp.guest_purchases``: ``cdp.purchase.completed`` of a **non-member** (a guest profile)
+  is the purchase moment that gets the enrollment offer; its moment id is the purchase record
+  id. The profile stage writes these moments into its outbox in the transaction of the
+  profile (``streams/profiles.py``), so none is lost to a crash between that commit and the
+  decision. A purchase of a profile enrolled by decision time is skipped (its
   ``points_earned`` event is the moment). Anonymous purchases (no identifier) are skipped
-  without a store read: nobody to reach. The record's profile is looked up in ``records``;
-  identity may not have placed it yet, so the agent polls for a few seconds.
+  without a store read: nobody to reach. The record's current profile is looked up in
+  ``records`` (a merge may have moved it since; polled for a few seconds).
 
 Profile: the store's snapshot for the event's profile at decision time, i.e. the profile *as
 of processing*, not as of the event (a member who bought twice before the agent ran is
@@ -506,49 +509,26 @@ def _insert_decisions(
         )
 
 
-class Decisions:
-    """The worker's handle on its decisioning process (see ``streams/decision_process.py``)."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.counts: dict[str, int] = {}
-
-    def submit_guest_purchases(self, values: list[bytes]) -> None:
-        """Guest purchases from the profile stage (after its commit), queued behind the
-        ``loyalty.events`` batches already handed to the process."""
-        from streams import decision_process
-
-        fut = self.pool.submit(decision_process.canonical, values)
-        fut.add_done_callback(self._done)
-
-    def _done(self, fut: Any) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            log.error("guest purchase moments failed: %s", exc, exc_info=exc)
-        else:
-            self.counts = fut.result()
-
-
-def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str) -> Decisions:
-    """Mount the agent (``loyalty.events`` + guest purchases from the profile stage).
+def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str) -> None:
+    """Mount the agents (``loyalty.events``, ``cdp.guest_purchases``).
 
     The decisions run in one child process, one batch at a time, so this worker's decision
     batches are sequential; across workers the per-profile advisory lock serialises them.
+    Each agent acknowledges a batch only after the process committed its decisions.
     """
     from streams import decision_process
     from streams.stages import run_stage
-    from streams.topics import LOYALTY
+    from streams.topics import GUEST_PURCHASES, LOYALTY
 
     pool = decision_process.start_pool(broker, clock, store_dsn)
-    handle = Decisions(pool)
-    loyalty = app.topic(LOYALTY, key_serializer="raw", value_serializer="raw")
 
-    @app.agent(loyalty, name="decisions")
-    async def decisions_agent(stream: Any) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
-            values = [e.message.value for e in events]
-            handle.counts = await run_stage(app, pool, decision_process.loyalty, values)
+    def mount(topic: str, name: str, decide_batch: Callable[[Sequence[bytes]], Any]) -> None:
+        channel = app.topic(topic, key_serializer="raw", value_serializer="raw")
 
-    return handle
+        @app.agent(channel, name=name)
+        async def agent(stream: Any) -> None:
+            async for events in stream.take_events(BATCH, within=WITHIN_S):
+                await run_stage(app, pool, decide_batch, [e.message.value for e in events])
+
+    mount(LOYALTY, "decisions", decision_process.loyalty)
+    mount(GUEST_PURCHASES, "guest_purchase_decisions", decision_process.guest_purchases)

@@ -41,11 +41,11 @@ rebuilds the graph from the remaining records when it changed, so a later record
 same email starts a fresh profile instead of rejoining the erased cluster.
 
 **Not erased here** (README, "Privacy / erasure"): messages on topics that are not
-compacted (the change topics ``pos|web|app.public.*``, ``cdp.events``, ``loyalty.events``,
-``offers.*``) stay until their retention; the source databases are the retailer's systems
-of record and must be erased there (Debezium then captures the deletes, which map to
-nothing). A ``replay`` or a re-snapshot while the sources or change topics still hold the
-person re-creates the profile.
+compacted (the change topics ``pos|web|app.public.*``, ``cdp.events``,
+``cdp.guest_purchases``, ``loyalty.events``, ``offers.*``) stay until their retention; the
+source databases are the retailer's systems of record and must be erased there (Debezium
+then captures the deletes, which map to nothing). A ``replay`` or a re-snapshot while the
+sources or change topics still hold the person re-creates the profile.
 
 Known window: a profile-stage batch that was already waiting for the partition lock with
 a clock tick may re-snapshot the cached state once before the refold notification retires

@@ -5,7 +5,8 @@ Kept off the hot path:
 * message counts are not incremented per event: a custom collector reads the stages'
   existing ``counts`` dicts (plain ints the stages bump once per batch) at scrape time;
 * loyalty events per type are counted once per published batch (one ``Counter`` pass over
-  the batch's types, taken from the start of each CloudEvent's bytes, no JSON parse);
+  the batch's ``loyalty.events`` rows, the type taken from the start of each CloudEvent's
+  bytes, no JSON parse); guest purchase moments (the same outbox) are counted apart;
 * latency is the wall time of each stage's batch (a histogram observation per batch).
   An end-to-end "source commit to loyalty event" figure would need the source commit time
   carried through ``cdp.resolved``; the pipeline benchmark measures it instead;
@@ -37,6 +38,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+
+from streams.topics import GUEST_PURCHASES, LOYALTY
 
 __all__ = ["StageLag", "WorkerMetrics", "register_metrics"]
 
@@ -149,7 +152,8 @@ class WorkerMetrics(Collector):
         @functools.wraps(publish)
         def counted(rows: Sequence[Any]) -> None:
             publish(rows)
-            for type_, n in Tally(_event_type(r.payload) for r in rows).items():
+            types = Tally(_event_type(r.payload) for r in rows if r.topic == LOYALTY)
+            for type_, n in types.items():
                 self.loyalty_events.labels(type_).inc(n)
 
         self.outbox.publish = counted
@@ -205,8 +209,14 @@ class WorkerMetrics(Collector):
         published = CounterMetricFamily(
             "loyalty_cdp_loyalty_events_published", "Loyalty events published, all types."
         )
-        published.add_metric([], self.outbox.published)
+        published.add_metric([], self.outbox.published[LOYALTY])
         yield published
+        guests = CounterMetricFamily(
+            "loyalty_cdp_guest_purchases_published",
+            "Guest purchase moments published on cdp.guest_purchases for the decisioning agent.",
+        )
+        guests.add_metric([], self.outbox.published[GUEST_PURCHASES])
+        yield guests
         lag = GaugeMetricFamily(
             "loyalty_cdp_consumer_lag_messages",
             "Messages on each stage's input topics not yet committed by the worker group.",

@@ -1,4 +1,5 @@
-"""Exactly-once publication through a transactional outbox (loyalty events, offers).
+"""Exactly-once publication through a transactional outbox (loyalty events, guest purchase
+moments, offers).
 
 A stage inserts its events into ``loyalty_outbox`` in the same transaction as the state they
 come from, keyed by the event's deterministic id: a refold after a crash, a restart or a
@@ -6,16 +7,22 @@ replay produces the same ids, which the insert skips, so an event is emitted onc
 often its moment is recomputed. After commit the stage produces the new rows, flushes, and
 marks them published.
 
+The profile stage's outbox carries two kinds of rows, told apart by ``type``: loyalty events
+(to ``loyalty.events``) and guest purchase moments (:data:`GUEST_PURCHASE`, to
+``cdp.guest_purchases``: the canonical purchase CloudEvent, keyed by profile, for the
+decisioning agent). Both share the table, its per-partition reconciliation and erasure.
+
 A crash between the broker's acknowledgement and the mark leaves rows that *were*
 published but are not marked. :meth:`Outbox.reconcile` (run when a worker takes over a
-partition) reads ``loyalty.events`` back from shortly before the oldest unmarked row and
-publishes only the ids it does not find, so the topic carries each id once.
+partition) reads the rows' topics back from shortly before the oldest unmarked row and
+publishes only the ids it does not find, so each topic carries each id once.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,13 +34,16 @@ from app.domain.events import LoyaltyEvent
 from streams.loyalty_events import encode, event_key
 from streams.producer import BatchProducer
 from streams.store import Store, run
-from streams.topics import LOYALTY
+from streams.topics import GUEST_PURCHASES, LOYALTY
 
-__all__ = ["NewRow", "Outbox", "OutboxRow"]
+__all__ = ["GUEST_PURCHASE", "NewRow", "Outbox", "OutboxRow"]
+
+#: ``loyalty_outbox.type`` of a guest purchase moment (never a loyalty event type)
+GUEST_PURCHASE = "guest_purchase"
 
 
-def _loyalty_topic(_type: str) -> str:
-    return LOYALTY
+def _profile_stage_topic(type_: str) -> str:
+    return GUEST_PURCHASES if type_ == GUEST_PURCHASE else LOYALTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +75,14 @@ class Outbox:
         bootstrap: str,
         *,
         table: str = "loyalty_outbox",
-        topic_of: Callable[[str], str] = _loyalty_topic,
+        topic_of: Callable[[str], str] = _profile_stage_topic,
     ) -> None:
         self.store = store
         self.out = out
         self.bootstrap = bootstrap
         self.table = table  # a constant of the code, never input
         self.topic_of = topic_of
-        self.published = 0
+        self.published: Counter[str] = Counter()  # topic -> messages published
 
     def add(
         self, conn: Connection, events: Sequence[LoyaltyEvent], partition_of: dict[str, int]
@@ -120,7 +130,7 @@ class Outbox:
             self.out.send(r.topic, r.payload, r.key.encode())
         self.out.flush_sync()
         self._mark(rows)
-        self.published += len(rows)
+        self.published.update(r.topic for r in rows)
 
     def _mark(self, rows: Sequence[OutboxRow]) -> None:
         with self.store.tx() as conn:

@@ -10,9 +10,18 @@ while the profile's ``version`` in the store is the one this worker wrote last, 
 changed by another worker (before a rebalance) is reloaded, never overwritten.
 
 Per batch, in one transaction: the new snapshots (``profiles`` + identifier index), retired
-profiles (absorbed by a merge or renamed), refused records, and the loyalty events into the
-outbox (deduplicated by id). After commit: snapshots to ``cdp.profiles`` (compacted;
-tombstones for retired profiles) and the new events to ``loyalty.events``.
+profiles (absorbed by a merge or renamed), refused records, and the loyalty events and guest
+purchase moments into the outbox (deduplicated by id). After commit: snapshots to
+``cdp.profiles`` (compacted; tombstones for retired profiles), the new events to
+``loyalty.events`` and the new guest purchase moments to ``cdp.guest_purchases``.
+
+Guest purchases (a purchase by a profile not enrolled at the purchase's time) are the
+decisioning agent's purchase moments for non-members. Every fold of a profile, incremental or
+a refold, offers all of its guest purchases to the outbox, which keeps those whose canonical
+event id it has not seen: like the loyalty events, a moment is written once, in the
+transaction of the profile it was derived with, however often it is recomputed (a refold
+after a restart, a merge or a crash before the commit derives it again), and an unpublished
+one is re-published when a worker takes the partition over.
 
 Clock: with the wall clock every batch and a once-a-second timer advance the states to now;
 with the manual clock the states move only with their records and with ``clock tick``
@@ -40,7 +49,7 @@ from app.domain.records import (
     record_from_cloudevent,
 )
 from app.domain.state import MemberState
-from streams.outbox import Outbox
+from streams.outbox import GUEST_PURCHASE, NewRow, Outbox
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.store import Store
@@ -103,15 +112,12 @@ class ProfileStage:
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
         self.owned: set[int] = set()  # partitions whose takeover this worker completed
         self.assigned: set[int] = set()  # partitions the group assigned to this worker
-        #: Called after each commit with the canonical payloads of purchases that the batch
-        #: newly applied to profiles not enrolled at the purchase's time (guest purchases):
-        #: the decisioning agent's "purchase" moments for non-members. Fed from here, where
-        #: the profile is committed, rather than by a second consumer of ``cdp.events`` that
-        #: would have to wait for this stage (and, sharing the topic, hold back its delivery).
-        self.on_guest_purchases: Callable[[list[bytes]], None] | None = None
-        self._guest_purchases: list[bytes] = []
         self.counts = dict.fromkeys(
-            ("notes", "batches", "profiles_written", "events", "rejected", "busy_ms"), 0
+            (
+                "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected",
+                "busy_ms",
+            ),
+            0,
         )
 
     def _part(self, pid: str) -> int:
@@ -179,6 +185,7 @@ class ProfileStage:
         if fresh:
             self.outbox.reconcile(fresh)
         events: list[LoyaltyEvent] = []
+        guests: list[NewRow] = []
         rejected: list[tuple[Record, str]] = []
         with self.store.tx() as conn:
             for p in parts:
@@ -210,7 +217,7 @@ class ProfileStage:
                     advance_all and target is not None and part in locked and st.next_due <= target
                 ):
                     touched.setdefault(pid, False)
-            changed, gone, db_versions = self._refresh(conn, touched, events, rejected)
+            changed, gone, db_versions = self._refresh(conn, touched, events, guests, rejected)
             # A tick re-snapshots every profile of its partitions (their as_of moves to the
             # tick); the wall-clock timer writes only profiles that an effect changed.
             ticked = {pid for pid in self.states if self._part(pid) in ticks}
@@ -246,18 +253,17 @@ class ProfileStage:
             self.store.reject(conn, [(r.record_id, why) for r, why in rejected])
             parts_of = {e.profile_id: self._part(e.profile_id) for e in events}
             new_events = self.outbox.add(conn, events, parts_of)
+            new_guests = self.outbox.insert(conn, guests)
         self.owned.update(fresh)
         self.versions.update(versions)
         for pid in gone:
             self._forget(pid)
         self._keep_hot(touched.keys() | changed)
         self._publish(docs, gone, rejected)
-        self.outbox.publish(new_events)
-        if self._guest_purchases and self.on_guest_purchases is not None:
-            guest, self._guest_purchases = self._guest_purchases, []
-            self.on_guest_purchases(guest)
+        self.outbox.publish([*new_events, *new_guests])
         self.counts["profiles_written"] += len(docs)
         self.counts["events"] += len(new_events)
+        self.counts["guest_purchases"] += len(new_guests)
         self.counts["rejected"] += len(rejected)
 
     def _keep_hot(self, used: Iterable[str]) -> None:
@@ -280,9 +286,11 @@ class ProfileStage:
         conn: Any,
         touched: dict[str, bool],
         events: list[LoyaltyEvent],
+        guests: list[NewRow],
         rejected: list[tuple[Record, str]],
     ) -> tuple[set[str], list[str], dict[str, int]]:
-        """Fold what changed in the store into the cached states."""
+        """Fold what changed in the store into the cached states; the guest purchases among
+        the folded records go to ``guests`` (outbox rows, see the module doc)."""
         db_versions = self.store.versions(conn, touched)
         after: dict[str, int] = {}
         for pid, refold in touched.items():
@@ -308,17 +316,23 @@ class ProfileStage:
             for r, _ in parsed:
                 self._apply(st, r, pending, events, rejected)
             self._retry(st, pending, events, rejected)
-            if self.on_guest_purchases is not None and (after[pid] or not db_versions.get(pid)):
-                enrolled = st.fold.enrolled_at
-                self._guest_purchases.extend(
-                    p
-                    for r, p in parsed
-                    if isinstance(r, PurchaseCompleted)
-                    and (enrolled is None or r.occurred_at < enrolled)
-                )
+            enrolled = st.fold.enrolled_at
+            guests.extend(
+                self._guest_purchase(pid, p)
+                for r, p in parsed
+                if isinstance(r, PurchaseCompleted)
+                and (enrolled is None or r.occurred_at < enrolled)
+            )
             self.seqs[pid] = rows[-1][0]
             changed.add(pid)
         return changed, gone, db_versions
+
+    def _guest_purchase(self, pid: str, payload: bytes) -> NewRow:
+        """The outbox row of a guest purchase moment: the canonical purchase CloudEvent as
+        stored, under its own id (what reconciliation finds on the topic), keyed by profile."""
+        return NewRow(
+            orjson.loads(payload)["id"], self._part(pid), pid, GUEST_PURCHASE, pid, payload
+        )
 
     def _record(self, record_id: str, payload: bytes) -> Record:
         """The record as the identity stage of this worker parsed it, else parsed here."""

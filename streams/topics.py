@@ -10,6 +10,7 @@ INGEST = "cdp.ingest"
 DLQ = "cdp.dlq"
 RESOLVED = "cdp.resolved"  # internal: identity stage -> profile stage notifications
 LOYALTY = "loyalty.events"
+GUEST_PURCHASES = "cdp.guest_purchases"  # internal: profile stage -> decisioning (outbox)
 PROFILES = "cdp.profiles"
 
 

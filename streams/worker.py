@@ -47,7 +47,7 @@ from streams.profile_cache import cache_size
 from streams.profiles import ProfileStage
 from streams.stages import register_stages
 from streams.store import Store
-from streams.topics import RESOLVED
+from streams.topics import GUEST_PURCHASES, LOYALTY, RESOLVED
 
 log = logging.getLogger("loyalty_cdp.worker")
 
@@ -79,8 +79,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
         program, store, out, outbox, partitions, clock=cfg.clock, parsed=parsed
     )
     register_stages(app, identity, profiles)
-    decisions = register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
-    profiles.on_guest_purchases = decisions.submit_guest_purchases
+    register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
 
     @app.page("/healthz")
@@ -93,7 +92,8 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
                     "canonical": router.counts,
                     "identity": identity.counts,
                     "profiles": profiles.counts,
-                    "loyalty_events_published": outbox.published,
+                    "loyalty_events_published": outbox.published[LOYALTY],
+                    "guest_purchases_published": outbox.published[GUEST_PURCHASES],
                 }
             )
 

@@ -273,7 +273,8 @@ def replay(state_dir: Path, *, say: Say = _quiet) -> int:
     """Stop the worker, rewind its group on every change topic to the start, start it again.
 
     Everything downstream is idempotent (deterministic canonical ids, records keyed by id,
-    loyalty events deduplicated by the outbox), so a replay recomputes and changes nothing.
+    loyalty events and guest purchase moments deduplicated by the outbox, decisions by
+    moment), so a replay recomputes and changes nothing.
     """
     paths = StackPaths(state_dir.resolve())
     state = paths.load()

@@ -7,10 +7,11 @@ has reached the profile store and the output topics:
    reaches the CDC runner after every change committed before it, and the runner records the
    token only after flushing that batch to the broker;
 2. then, for each stage in order (change topics -> canonical agent -> ``cdp.events`` ->
-   identity stage -> ``cdp.resolved`` -> profile stage), the high watermarks of the stage's
-   input topics are taken and the worker group's committed offsets must reach them. Each
-   stage flushes its outputs before its input offsets are acknowledged, so once a stage's
-   offsets reach the marks, everything derived from those inputs is in the next topic.
+   identity stage -> ``cdp.resolved`` -> profile stage -> ``loyalty.events`` and
+   ``cdp.guest_purchases`` -> decisioning agent), the high watermarks of the stage's input
+   topics are taken and the worker group's committed offsets must reach them. Each stage
+   flushes its outputs before its input offsets are acknowledged, so once a stage's offsets
+   reach the marks, everything derived from those inputs is in the next topic.
 
 ``clock tick --to T`` sends a tick to every ``cdp.resolved`` partition (in order with that
 partition's notifications) and returns once every partition has recorded ``T`` in the store.
@@ -59,7 +60,7 @@ def STAGES(specs: list[ConnectorSpec]) -> list[tuple[str, list[str]]]:
         ("canonical", [*change_topics(specs), "cdp.ingest"]),
         ("identity", ["cdp.events"]),
         ("profiles", ["cdp.resolved"]),
-        ("decisions", ["loyalty.events"]),  # streams/decisioning.py (guest purchases: via profiles)
+        ("decisions", ["loyalty.events", "cdp.guest_purchases"]),  # streams/decisioning.py
     ]
 
 

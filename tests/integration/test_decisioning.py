@@ -5,9 +5,11 @@ consent; an old purchase (20 days ago: its moments are stale, not decided) bring
 to 900 and a recent one (1 h ago, silver x1.25) into the 1,000-point milestone band
 [950, 1000). Expected on ``offers.email``: the milestone-approaching offer (a product closing
 the gap, with its reasons) and the points receipt; every produced offer message valid against
-``schemas/offers.schema.json``. A replay (worker restarted, every loyalty and canonical event
-delivered a second time) sends no offer twice. ``POST /v1/decisions`` for the member, an
-unknown person and malformed bodies.
+``schemas/offers.schema.json``. A guest (web customer G2, no member number, email opt-in)
+buying an hour ago gets the enrollment offer once, through the profile stage's outbox and
+``cdp.guest_purchases``. A replay (worker restarted, every loyalty, guest purchase and
+canonical event delivered a second time) sends no offer twice. ``POST /v1/decisions`` for
+the member, an unknown person and malformed bodies.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from tests.integration.kafka_util import cloudevents, read_topic
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 OFFER_TOPICS = ("offers.email", "offers.sms", "offers.push", "offers.in_app")
+GUEST_ORDER = "web.orders:O2#paid@purchase.completed"  # the guest's purchase: its moment id
+#: what ``_offers`` waits for on ``offers.email``: the member's milestone and the guest's offer
+MARKERS = (b"milestone_approaching", GUEST_ORDER.encode())
 VALIDATOR = Draft202012Validator(
     json.loads((REPO_ROOT / "schemas" / "offers.schema.json").read_text())
 )
@@ -77,6 +82,13 @@ def stack() -> Iterator[dict[str, Any]]:
             ("INSERT INTO transactions VALUES ('T2','S1','C1',50.00,'USD',%s)",
              (now - timedelta(hours=1),)),
         )
+        _exec(
+            st["sources"]["web"],
+            ("INSERT INTO customers VALUES ('G2','gus@example.com',NULL,NULL,true,false,"
+             "false,%s)", (now - timedelta(days=2),)),
+            ("INSERT INTO orders VALUES ('O2','G2',42.50,'USD','paid',0,%s)",
+             (now - timedelta(hours=1),)),
+        )
         _wait(st)
         yield st
     finally:
@@ -85,11 +97,13 @@ def stack() -> Iterator[dict[str, Any]]:
 
 
 def _offers(st: dict[str, Any], until_email: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Every offer message; with ``until_email``, once the :data:`MARKERS` are on
+    ``offers.email``."""
     out = {}
     for topic in OFFER_TOPICS:
         def done(msgs: list[Any], topic: str = topic) -> bool:
-            return not until_email or topic != "offers.email" or any(
-                b"milestone_approaching" in m.value() for m in msgs
+            return not until_email or topic != "offers.email" or all(
+                any(mark in m.value() for m in msgs) for mark in MARKERS
             )
         msgs = read_topic(st["broker"], topic, until=done, timeout=90 if until_email else 5)
         for m in msgs:
@@ -103,7 +117,7 @@ def _offers(st: dict[str, Any], until_email: bool = False) -> dict[str, list[dic
 
 def test_milestone_band_purchase_to_email_offer(stack: dict[str, Any]) -> None:
     offers = _offers(stack, until_email=True)
-    emails = offers["offers.email"]
+    emails = [e for e in offers["offers.email"] if e["data"]["member_id"] == "M100"]
     near = [e for e in emails if e["data"]["moment"]["type"] == "milestone_approaching"]
     assert len(near) == 1, emails
     ev = near[0]
@@ -120,6 +134,24 @@ def test_milestone_band_purchase_to_email_offer(stack: dict[str, Any]) -> None:
     assert [r["data"]["offers"][0]["kind"] for r in receipts] == ["points_receipt"]
     # the 20-day-old moments (enrollment, first purchase, tier upgrade) were not decided
     assert {e["data"]["moment"]["type"] for e in emails} == {"milestone_approaching", "purchase"}
+
+
+def test_guest_purchase_gets_the_enrollment_offer_once(stack: dict[str, Any]) -> None:
+    offers = _offers(stack, until_email=True)
+    guest = [e for t in OFFER_TOPICS for e in offers[t] if e["data"]["member_id"] is None]
+    assert guest and {e["data"]["moment"]["id"] for e in guest} == {GUEST_ORDER}, guest
+    assert len({e["type"] for e in guest}) == len(guest), "a guest offer was sent twice"
+    ev = next(e for e in guest if e["type"] == "offers.email")
+    assert ev["data"]["offers"][0]["kind"] == "enrollment"
+    assert ev["data"]["address"] == "gus@example.com"
+    assert ev["data"]["member"]["points_if_enrolled"] == 42
+    # the moment travelled as the canonical purchase, keyed by the guest's profile; the
+    # member's purchases are no guest moments
+    moments = read_topic(stack["broker"], "cdp.guest_purchases", timeout=5)
+    assert [(m.key().decode(), e["data"]["record_id"], e["type"])
+            for m, e in zip(moments, cloudevents(moments), strict=True)] == [
+        (ev["subject"], GUEST_ORDER, "cdp.purchase.completed")
+    ]
 
 
 def test_api_member_unknown_and_malformed(stack: dict[str, Any]) -> None:
@@ -168,14 +200,15 @@ def _redeliver(st: dict[str, Any], topic: str) -> int:
 
 
 def test_replay_sends_no_offer_twice(stack: dict[str, Any]) -> None:
-    """A restarted worker (fresh agent memory) gets every loyalty event and every canonical
-    event again. (``embedded.replay`` cannot rewind the group on this Tansu build: its offset
-    commit is refused with UNKNOWN_MEMBER_ID after the worker left, so the redelivery is
-    produced instead of rewound; for the agent it is the same input twice.)"""
+    """A restarted worker (fresh agent memory) gets every loyalty event, guest purchase moment
+    and canonical event again. (``embedded.replay`` cannot rewind the group on this Tansu
+    build: its offset commit is refused with UNKNOWN_MEMBER_ID after the worker left, so the
+    redelivery is produced instead of rewound; for the agent it is the same input twice.)"""
     before = _offers(stack, until_email=True)
     state_dir = stack["state_dir_path"]
     StackPaths(state_dir.resolve()).process("worker").stop(timeout=30)
     assert _redeliver(stack, "loyalty.events") > 0
+    assert _redeliver(stack, "cdp.guest_purchases") > 0
     assert _redeliver(stack, "cdp.events") > 0
     embedded.up(state_dir)  # starts the worker again
     _wait(stack)

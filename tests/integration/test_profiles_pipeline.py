@@ -15,7 +15,8 @@ offline must be exactly the ids the pipeline published on ``cdp.events``.
 The tests run in file order and build on each other (one stack, cumulative data):
 history -> SIGKILL of the worker mid-stream (second, overlapping batch: late records
 against the clock) -> replay -> duplicated change events -> loyalty events and snapshots
-validated against their JSON Schemas, with no duplicate event ids across all of it.
+validated against their JSON Schemas, with no duplicate event ids across all of it; every
+guest purchase of the final folds was published once as a moment on ``cdp.guest_purchases``.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from jsonschema import Draft202012Validator
 
 from app.domain.program import CompiledProgram, load_program
+from app.domain.records import PurchaseCompleted
 from app.mapping.engine import Mapper
 from app.settings import REPO_ROOT, settings
 from app.simulate import TABLES, RowOp, Traffic, generate, write_ops
 from app.stack import embedded
 from app.stack.pipeline import tick, wait_caught_up
 from app.stack.state import StackPaths
+from streams.outbox import GUEST_PURCHASE
 from streams.store import Store
 from tests.integration.kafka_util import read_topic
 from tests.offline_pipeline import Folded, fold, map_traffic, records_of
@@ -316,9 +319,13 @@ def test_sigkill_of_the_worker_mid_stream_loses_and_duplicates_nothing(run: Run)
     assert_profiles_match(run, "after SIGKILL")
 
 
-def outbox_ids(r: Run) -> set[str]:
+def outbox_ids(r: Run, kind: str | None = None) -> set[str]:
+    """Ids in the profile stage's outbox: all, or only ``loyalty`` events / ``guest`` moments."""
     with psycopg.connect(r.store_dsn) as conn:
-        return {row[0] for row in conn.execute("SELECT event_id FROM loyalty_outbox")}
+        rows = conn.execute("SELECT event_id, type FROM loyalty_outbox").fetchall()
+    return {
+        i for i, t in rows if kind is None or (t == GUEST_PURCHASE) == (kind == "guest")
+    }
 
 
 def test_replay_of_the_change_topics_changes_nothing(run: Run) -> None:
@@ -327,7 +334,7 @@ def test_replay_of_the_change_topics_changes_nothing(run: Run) -> None:
     assert rewound > 0
     settle(run)
     assert_profiles_match(run, "after replay")
-    assert outbox_ids(run) == before, "the replay emitted new loyalty events"
+    assert outbox_ids(run) == before, "the replay emitted new loyalty events or moments"
 
 
 def test_duplicated_change_events_change_nothing(run: Run) -> None:
@@ -352,7 +359,7 @@ def test_duplicated_change_events_change_nothing(run: Run) -> None:
     settle(run)
     assert_profiles_match(run, "after duplicated change events")
     assert_canonical_exact(run, once=False)  # the duplicates minted no new ids
-    assert outbox_ids(run) == before, "duplicated change events emitted new loyalty events"
+    assert outbox_ids(run) == before, "duplicated change events emitted new events or moments"
 
 
 # -- loyalty events and profile snapshots on the topics ----------------------------------
@@ -371,23 +378,44 @@ def _errors(v: Draft202012Validator, doc: Any) -> list[str]:
     ]
 
 
-def test_loyalty_events_are_unique_and_valid(run: Run) -> None:
-    outbox = outbox_ids(run)
-    assert outbox, "no loyalty events at all"
+def _once(run: Run, topic: str, outbox: set[str]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The messages on ``topic`` and their CloudEvents: each id once, exactly the ids in the
+    outbox."""
     msgs = read_topic(
-        run.broker,
-        "loyalty.events",
-        until=lambda ms: len(ms) >= len(outbox),
-        timeout=120,
-        settle=3.0,
+        run.broker, topic, until=lambda ms: len(ms) >= len(outbox), timeout=120, settle=3.0
     )
     events = [orjson.loads(m.value()) for m in msgs]
     ids = Counter(e["id"] for e in events)
     dups = {i: c for i, c in ids.items() if c > 1}
-    assert not dups, f"{len(dups)} loyalty event ids published more than once, e.g. " + repr(
+    assert not dups, f"{len(dups)} ids published more than once on {topic}, e.g. " + repr(
         [e for e in events if e["id"] in dups][:2]
     )
-    assert set(ids) == outbox, "the topic and the outbox disagree"
+    assert set(ids) == outbox, f"{topic} and the outbox disagree"
+    return msgs, events
+
+
+def test_every_guest_purchase_is_one_moment(run: Run) -> None:
+    """Every purchase by a profile not enrolled at its time, in the final folds, reached the
+    decisioning agent's input once (through the SIGKILL, the replay and the duplicates)."""
+    _, events = _once(run, "cdp.guest_purchases", outbox_ids(run, "guest"))
+    assert {e["type"] for e in events} == {"cdp.purchase.completed"}
+    guests = {
+        r.record_id
+        for st in offline_fold(run).core.states.values()
+        for r in st.records
+        if isinstance(r, PurchaseCompleted)
+        and (st.fold.enrolled_at is None or r.occurred_at < st.fold.enrolled_at)
+    }
+    assert guests, "the history has no guest purchase"
+    missing = guests - {e["data"]["record_id"] for e in events}
+    assert not missing, f"{len(missing)} guest purchases never became a moment"
+
+
+def test_loyalty_events_are_unique_and_valid(run: Run) -> None:
+    outbox = outbox_ids(run, "loyalty")
+    assert outbox, "no loyalty events at all"
+    msgs, events = _once(run, "loyalty.events", outbox)
+    ids = Counter(e["id"] for e in events)
     # every moment of every profile's final history was published (exact points out)
     missing = offline_fold(run).final_event_ids() - set(ids)
     assert not missing, f"{len(missing)} loyalty events of the final folds never published"
