@@ -5,9 +5,7 @@ days), so "oldest first" consumption and expiry both work at the front of one de
 O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
 may go negative; new earns repay debt before they create a lot.
 
-A lot is a small list ``[purchase_id, cause, earned_at, remaining, tail]`` (indexes
-``L_*``; ``tail`` is the spelled time of day of ``earned_at``, ``"HH:MM:SS[.ffffff]+00:00"``,
-or None, so the ids of its notice and expiry, whole days later, need no full spelling):
+A lot is a small list ``[purchase_id, cause, earned_at, remaining]`` (indexes ``L_*``):
 building one costs a quarter of a slots dataclass, and one is built per earn on the hot
 path. It does not store its expiry and notice times: they are ``earned_at + lot_life`` and
 ``earned_at + lot_life - notice_lead`` (the ledger holds both offsets); ``earned_at`` is the
@@ -22,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 # fields of a lot
-L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING, L_TAIL = range(5)
+L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING = range(4)
 Lot = list[Any]
 
 
