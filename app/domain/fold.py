@@ -33,7 +33,7 @@ from fractions import Fraction
 from typing import Any, Final
 
 from app.domain.events import LoyaltyEvent
-from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, Ledger, Lot
+from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, Ledger, Lot
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     ConsentChanged,
@@ -98,6 +98,7 @@ class Fold:
     """Derived state of one cluster at ``as_of``; see the module docstring for the order."""
 
     __slots__ = (
+        "_held",
         "_hold_next",
         "_last_purchase_record",
         "_next_due",
@@ -151,6 +152,7 @@ class Fold:
         self.tier = 0
         self.holds: dict[int, tuple[datetime, str]] = {}
         self._hold_next = FAR  # earliest hold end, or earlier (see _effects_at)
+        self._held = 0  # the highest held level (max(holds)), 0 without holds
         self.identifiers: set[Identifier] = set()  # every identifier the cluster linked
         self.lifetime = 0
         self.purchase_count = 0
@@ -265,14 +267,14 @@ class Fold:
             best = self._hold_next
         # the ledger's next due (expiry or notice), emptied lots skipped
         led = self.ledger
-        lots, notices = led.lots, led.notices
-        while lots and not lots[0][L_REMAINING]:
+        lots, notices, left = led.lots, led.notices, led.left
+        while lots and lots[0] not in left:
             lots.popleft()
         if lots:
             due: datetime = lots[0][L_EARNED] + led.life
             if due < best:
                 best = due
-        while notices and not notices[0][L_REMAINING]:
+        while notices and notices[0] not in left:
             notices.popleft()
         if notices:
             due = notices[0][L_EARNED] + led.notice_offset
@@ -312,21 +314,22 @@ class Fold:
                     if cause is None:
                         cause, reason = hold_cause, "hold_expired"
             self._hold_next = min([u for u, _ in holds.values()], default=FAR)
+            self._held = max(holds, default=0)
         if cause is not None:
             self._retier(d, cause, reason)
         events = self.events
         on = events is not None and (self.emit_since is None or d >= self.emit_since)
         led = self.ledger
         lots = led.lots
+        left = led.left
         if lots:  # expiries, one event per lot with the balance after it
             life = led.life
             by_purchase = led.by_purchase
             while lots and lots[0][L_EARNED] + life <= d:
                 lot = lots.popleft()
                 by_purchase.pop(lot[L_PURCHASE], None)
-                amount = lot[L_REMAINING]
+                amount = left.pop(lot, 0)
                 if amount:
-                    lot[L_REMAINING] = 0
                     led.total -= amount
                     if on:
                         assert events is not None
@@ -340,12 +343,12 @@ class Fold:
             offset = led.notice_offset
             while notices and notices[0][L_EARNED] + offset <= d:
                 lot = notices.popleft()
-                if lot[L_REMAINING] and on:
+                held = left.get(lot)
+                if held and on:
                     assert events is not None
                     events.append(LoyaltyEvent(
                         None, "points_expiring", self.profile_id, self.member_id, d,
-                        lot[L_CAUSE],
-                        (lot[L_REMAINING], lot[L_EARNED] + led.life, led.total - led.debt),
+                        lot[L_CAUSE], (held, lot[L_EARNED] + led.life, led.total - led.debt),
                         lot[L_PURCHASE], K_EXPIRING,
                     ))
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
@@ -363,10 +366,8 @@ class Fold:
     def _effective_tier(self) -> int:
         # the base tier's threshold is 0 and Q is never negative: bisect gives >= 1
         st = bisect_right(self.program.tier_thresholds, self.qualifying) - 1
-        if self.holds:
-            held = max(self.holds)
-            return held if held > st else st
-        return st
+        held = self._held
+        return held if held > st else st
 
     def _retier(self, at: datetime, cause: str, reason: str) -> None:
         new = self._effective_tier()
@@ -438,10 +439,11 @@ class Fold:
                     (pts, a, mult_text, repaid, pid, led.total - led.debt), "", K_EARNED,
                 ))
             if rest:
-                lot: Lot = [pid, rid, t, rest]
+                lot: Lot = (pid, rid, t)
                 led.lots.append(lot)
                 led.notices.append(lot)
                 led.by_purchase[pid] = lot
+                led.left[lot] = rest
         q_before = self.qualifying
         q = self.qualifying = q_before + a
         thresholds = prog.tier_thresholds
@@ -453,15 +455,14 @@ class Fold:
                 until = t + prog.hold
                 for level in range(st_before + 1, st_after + 1):
                     self.holds[level] = (until, rid)
+                if st_after > self._held:
+                    self._held = st_after
                 if until < self._hold_next:  # (a refreshed hold may leave it early: harmless)
                     self._hold_next = until
         # _retier, inlined: tier = max(spend tier, held levels)
-        holds = self.holds
-        new = st_after
-        if holds:
-            held = max(holds)
-            if held > new:
-                new = held
+        new = self._held
+        if st_after > new:
+            new = st_after
         old = self.tier
         if new != old:
             self.tier = new
@@ -508,7 +509,9 @@ class Fold:
         else:
             num = prog.lapse_num * ((t - first) // _US)
             den = prog.lapse_den * (n - 1)
-            due = self.lapse_due = t + _US * max(-((-num) // den), prog.lapse_floor_us)
+            gap = -((-num) // den)
+            floor = prog.lapse_floor_us
+            due = self.lapse_due = t + _US * (gap if gap > floor else floor)
             if due < nd:
                 nd = due
         self._next_due = nd
