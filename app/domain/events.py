@@ -13,9 +13,10 @@ numbers reach consumers through the profile snapshot).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from hashlib import blake2b
-from typing import Any, NamedTuple
+from typing import Any
 
 from app.domain.records import format_time
 
@@ -84,20 +85,83 @@ def event_id_at(type_: str, at_iso: str, cause: str, discriminator: str) -> str:
     return h.hexdigest()
 
 
-class LoyaltyEvent(NamedTuple):
+class LoyaltyEvent:
     """One loyalty moment. ``data`` holds the numbers that caused it.
 
-    A NamedTuple rather than a frozen dataclass: events are built on the hot path (about
-    two per purchase) and a tuple is several times cheaper to create.
+    Built on the hot path (about two per record), so the costly parts are made only when
+    read: an event built with ``id=None`` computes its id (:func:`event_id` of type,
+    effective time, cause and ``disc``) on the first read of ``id``, and one built with
+    ``keys`` holds ``data`` as the tuple of its values for those keys and makes the dict on
+    the first read of ``data``. Both are then kept, so every read returns the same object
+    and the results equal those of an event built with them: the fold creates no hash, no
+    spelled time and no dict for an event nobody reads (the quiet prefix and the discarded
+    suffix of a late record, the refolds of a merge). Otherwise it behaves like the named
+    tuple it was: the seven fields by name, equality field by field, iteration, repr.
     """
 
-    id: str
-    type: str
-    profile_id: str
-    member_id: str | None
-    effective_at: datetime
-    cause_record_id: str
-    data: dict[str, Any]  # datetimes are formatted by to_dict
+    __slots__ = (
+        "_data", "_disc", "_id", "_keys", "cause_record_id", "effective_at", "member_id",
+        "profile_id", "type",
+    )
+
+    def __init__(
+        self,
+        id: str | None,
+        type: str,
+        profile_id: str,
+        member_id: str | None,
+        effective_at: datetime,
+        cause_record_id: str,
+        data: dict[str, Any] | tuple[Any, ...],
+        disc: str = "",
+        keys: tuple[str, ...] | None = None,
+    ) -> None:
+        self._id = id
+        self.type = type
+        self.profile_id = profile_id
+        self.member_id = member_id
+        self.effective_at = effective_at
+        self.cause_record_id = cause_record_id
+        self._data = data
+        self._disc = disc
+        self._keys = keys
+
+    @property
+    def id(self) -> str:
+        """``blake2b-128(type | effective time | causing record id | discriminator)``."""
+        i = self._id
+        if i is None:
+            i = self._id = event_id(self.type, self.effective_at, self.cause_record_id, self._disc)
+        return i
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d = self._data
+        if self._keys is not None:
+            d = self._data = dict(zip(self._keys, d, strict=True))
+            self._keys = None
+        assert isinstance(d, dict)
+        return d
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.id, self.type, self.profile_id, self.member_id, self.effective_at,
+                self.cause_record_id, self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoyaltyEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # data is a dict (as in the named tuple)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._fields())
+
+    def __repr__(self) -> str:
+        names = ("id", "type", "profile_id", "member_id", "effective_at", "cause_record_id",
+                 "data")
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"LoyaltyEvent({inner})"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (times as RFC 3339 ``Z`` strings) for the adapters."""

@@ -16,9 +16,9 @@ amounts integer cents, times aware UTC datetimes.
 It is the hot path of the domain (every record of every member goes through it), so it is
 written for CPython speed rather than elegance: purchases and lots are small lists (indexes
 ``P_*`` and ``ledger.L_*``) instead of dataclasses, the ledger's earn and expiry are inlined,
-a record is dispatched on its exact type, and an event id hashes a copy of a prepared
-blake2b with the time spelled by :func:`app.domain.events.spell_time` (cached day and clock
-strings instead of ``datetime.isoformat()``). Same states, events and ids as before.
+a record is dispatched on its exact type, and an event is built as the tuple of its data
+values: its id (a blake2b of its spelled time) and its data dict are made only when read
+(:class:`app.domain.events.LoyaltyEvent`). Same states, events and ids as before.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Final
 
-from app.domain.events import HASH, LoyaltyEvent, day_prefix, spell_time
-from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, L_REMAINING, L_TAIL, Ledger, Lot
+from app.domain.events import LoyaltyEvent
+from app.domain.ledger import L_CAUSE, L_EARNED, L_PURCHASE, Ledger, Lot
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     ConsentChanged,
@@ -50,7 +50,6 @@ from app.domain.tiers import campaign_index
 FAR = datetime.max.replace(tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _US = timedelta(microseconds=1)
-_new_event = tuple.__new__  # LoyaltyEvent without the NamedTuple __new__ frame
 CONSENT_DEFAULTS = {
     "email_opt_in": False,
     "sms_consent": False,
@@ -74,6 +73,22 @@ P_REVERSED: Final = 5
 P_ENROLLED: Final = 6
 Purchase = tuple[str, datetime, int, int, int, int, bool]
 
+# The keys of each event type's data, in order ("balance", after the event, last). An
+# event holds the tuple of its values and makes the dict (and its id) only when read.
+K_ENROLLED: Final = ("member_no", "balance")
+K_CONSENT: Final = ("changed", "balance")
+K_EARNED: Final = ("points", "amount_cents", "multiplier", "debt_repaid", "purchase_id",
+                   "balance")
+K_EXPIRED: Final = ("points", "earned_at", "balance")
+K_EXPIRING: Final = ("points", "expires_at", "balance")
+K_LAPSE: Final = ("purchases", "last_purchase_at", "mean_gap_seconds", "balance")
+K_TIER: Final = ("from_tier", "to_tier", "qualifying_spend_cents", "reason", "balance")
+K_APPROACHING: Final = ("qualifying_spend_cents", "next_tier", "gap_cents", "balance")
+K_MILESTONE: Final = ("milestone", "gap_points", "balance")
+K_REVERSED: Final = ("points", "refund_cents", "purchase_id", "to_debt", "balance")
+K_REDEEMED: Final = ("points", "redemption_id", "balance")
+K_OVERDRAFT: Final = ("shortfall", "points", "balance")
+
 
 def _fraction_text(f: Fraction) -> str:
     return str((Decimal(f.numerator) / Decimal(f.denominator)).normalize())
@@ -83,9 +98,8 @@ class Fold:
     """Derived state of one cluster at ``as_of``; see the module docstring for the order."""
 
     __slots__ = (
+        "_held",
         "_hold_next",
-        "_iso",
-        "_iso_at",
         "_last_purchase_record",
         "_next_due",
         "as_of",
@@ -138,6 +152,7 @@ class Fold:
         self.tier = 0
         self.holds: dict[int, tuple[datetime, str]] = {}
         self._hold_next = FAR  # earliest hold end, or earlier (see _effects_at)
+        self._held = 0  # the highest held level (max(holds)), 0 without holds
         self.identifiers: set[Identifier] = set()  # every identifier the cluster linked
         self.lifetime = 0
         self.purchase_count = 0
@@ -148,8 +163,6 @@ class Fold:
         self.lapse_due: datetime | None = None
         self.lapse_risk = False
         self._last_purchase_record = ""
-        self._iso_at: datetime | None = None
-        self._iso = ""
         self._next_due = FAR  # never later than the true next due time
 
     # -- events -------------------------------------------------------------------------
@@ -159,24 +172,18 @@ class Fold:
         return self.events is not None and (self.emit_since is None or at >= self.emit_since)
 
     def _emit(
-        self, type_: str, at: datetime, cause: str, disc: str, data: dict[str, Any]
+        self, type_: str, at: datetime, cause: str, disc: str, keys: tuple[str, ...],
+        values: tuple[Any, ...],
     ) -> None:
-        """Append one event; the caller checked :meth:`_on`. The id is
-        ``blake2b-128(type|at.isoformat()|cause|disc)`` (see events.event_id)."""
+        """Append one event (data: ``keys`` = ``values`` + the balance now); the caller
+        checked :meth:`_on`. Its id and data dict are made when read (see LoyaltyEvent)."""
         led = self.ledger
-        data["balance"] = led.total - led.debt
-        if at is not self._iso_at:  # several events share an instant: spell it once
-            self._iso_at, self._iso = at, spell_time(at)
-        h = HASH.copy()
-        h.update(f"{type_}|{self._iso}|{cause}|{disc}".encode())
         events = self.events
         assert events is not None
-        events.append(
-            _new_event(
-                LoyaltyEvent,
-                (h.hexdigest(), type_, self.profile_id, self.member_id, at, cause, data),
-            )
-        )
+        events.append(LoyaltyEvent(
+            None, type_, self.profile_id, self.member_id, at, cause,
+            (*values, led.total - led.debt), disc, keys,
+        ))
 
     def clone(self) -> Fold:
         """An independent copy of the derived state (events list not copied).
@@ -243,13 +250,13 @@ class Fold:
             if self.enrolled_at is None:
                 self.enrolled_at = t
                 if self._on(t):
-                    self._emit("member_enrolled", t, r.record_id, "", {"member_no": r.member_no})
+                    self._emit("member_enrolled", t, r.record_id, "", K_ENROLLED, (r.member_no,))
         elif isinstance(r, ConsentChanged):
             changed = {k: v for k, v in r.consent if self.consent[k] != v}
             if changed:
                 self.consent.update(changed)
                 if self._on(t):
-                    self._emit("consent_changed", t, r.record_id, "", {"changed": changed})
+                    self._emit("consent_changed", t, r.record_id, "", K_CONSENT, (changed,))
 
     # -- time-driven effects ------------------------------------------------------------
 
@@ -260,14 +267,14 @@ class Fold:
             best = self._hold_next
         # the ledger's next due (expiry or notice), emptied lots skipped
         led = self.ledger
-        lots, notices = led.lots, led.notices
-        while lots and not lots[0][L_REMAINING]:
+        lots, notices, left = led.lots, led.notices, led.left
+        while lots and lots[0] not in left:
             lots.popleft()
         if lots:
             due: datetime = lots[0][L_EARNED] + led.life
             if due < best:
                 best = due
-        while notices and not notices[0][L_REMAINING]:
+        while notices and notices[0] not in left:
             notices.popleft()
         if notices:
             due = notices[0][L_EARNED] + led.notice_offset
@@ -307,52 +314,51 @@ class Fold:
                     if cause is None:
                         cause, reason = hold_cause, "hold_expired"
             self._hold_next = min([u for u, _ in holds.values()], default=FAR)
+            self._held = max(holds, default=0)
         if cause is not None:
             self._retier(d, cause, reason)
-        on = self.events is not None and (self.emit_since is None or d >= self.emit_since)
+        events = self.events
+        on = events is not None and (self.emit_since is None or d >= self.emit_since)
         led = self.ledger
         lots = led.lots
+        left = led.left
         if lots:  # expiries, one event per lot with the balance after it
             life = led.life
             by_purchase = led.by_purchase
             while lots and lots[0][L_EARNED] + life <= d:
                 lot = lots.popleft()
                 by_purchase.pop(lot[L_PURCHASE], None)
-                amount = lot[L_REMAINING]
+                amount = left.pop(lot, 0)
                 if amount:
-                    lot[L_REMAINING] = 0
                     led.total -= amount
                     if on:
-                        if d is not self._iso_at and lot[L_TAIL] is not None:
-                            self._iso_at, self._iso = d, day_prefix(d.toordinal()) + lot[L_TAIL]
-                        self._emit(
-                            "points_expired", d, lot[L_CAUSE], lot[L_PURCHASE],
-                            {"points": amount, "earned_at": lot[L_EARNED]},
-                        )
+                        assert events is not None
+                        events.append(LoyaltyEvent(
+                            None, "points_expired", self.profile_id, self.member_id, d,
+                            lot[L_CAUSE], (amount, lot[L_EARNED], led.total - led.debt),
+                            lot[L_PURCHASE], K_EXPIRED,
+                        ))
         notices = led.notices
         if notices:  # expiring notices of lots still holding points
             offset = led.notice_offset
             while notices and notices[0][L_EARNED] + offset <= d:
                 lot = notices.popleft()
-                if lot[L_REMAINING] and on:
-                    if d is not self._iso_at and lot[L_TAIL] is not None:
-                        self._iso_at, self._iso = d, day_prefix(d.toordinal()) + lot[L_TAIL]
-                    self._emit(
-                        "points_expiring", d, lot[L_CAUSE], lot[L_PURCHASE],
-                        {"points": lot[L_REMAINING], "expires_at": lot[L_EARNED] + led.life},
-                    )
+                held = left.get(lot)
+                if held and on:
+                    assert events is not None
+                    events.append(LoyaltyEvent(
+                        None, "points_expiring", self.profile_id, self.member_id, d,
+                        lot[L_CAUSE], (held, lot[L_EARNED] + led.life, led.total - led.debt),
+                        lot[L_PURCHASE], K_EXPIRING,
+                    ))
         if self.lapse_due is not None and self.lapse_due <= d and not self.lapse_risk:
             self.lapse_risk = True
             last, first, n = self.lapse_last, self.lapse_first, self.lapse_n
             assert last is not None and first is not None
             if on:
                 self._emit(
-                    "lapse_risk", d, self._last_purchase_record, "",
-                    {
-                        "purchases": n,
-                        "last_purchase_at": last,
-                        "mean_gap_seconds": (last - first) // _SECOND // (n - 1),
-                    },
+                    "lapse_risk", d, self._last_purchase_record, "", K_LAPSE,
+                    (n, last, (last - first) // _SECOND // (n - 1)),
                 )
 
     # -- tiers --------------------------------------------------------------------------
@@ -360,10 +366,8 @@ class Fold:
     def _effective_tier(self) -> int:
         # the base tier's threshold is 0 and Q is never negative: bisect gives >= 1
         st = bisect_right(self.program.tier_thresholds, self.qualifying) - 1
-        if self.holds:
-            held = max(self.holds)
-            return held if held > st else st
-        return st
+        held = self._held
+        return held if held > st else st
 
     def _retier(self, at: datetime, cause: str, reason: str) -> None:
         new = self._effective_tier()
@@ -376,12 +380,7 @@ class Fold:
         names = self.program.tier_names
         self._emit(
             "tier_upgraded" if new > old else "tier_downgraded", at, cause, names[new],
-            {
-                "from_tier": names[old],
-                "to_tier": names[new],
-                "qualifying_spend_cents": self.qualifying,
-                "reason": reason,
-            },
+            K_TIER, (names[old], names[new], self.qualifying, reason),
         )
 
     # -- records ------------------------------------------------------------------------
@@ -434,18 +433,17 @@ class Fold:
             if rest:
                 led.total += rest
             if on:
-                self._emit(
-                    "points_earned", t, rid, "",
-                    {"points": pts, "amount_cents": a, "multiplier": mult_text,
-                     "debt_repaid": repaid, "purchase_id": pid},
-                )
+                assert events is not None
+                events.append(LoyaltyEvent(
+                    None, "points_earned", self.profile_id, self.member_id, t, rid,
+                    (pts, a, mult_text, repaid, pid, led.total - led.debt), "", K_EARNED,
+                ))
             if rest:
-                # its notice and expiry come whole days later: keep the spelled clock
-                tail = self._iso[11:] if on and t.tzinfo is UTC else None
-                lot: Lot = [pid, rid, t, rest, tail]
+                lot: Lot = (pid, rid, t)
                 led.lots.append(lot)
                 led.notices.append(lot)
                 led.by_purchase[pid] = lot
+                led.left[lot] = rest
         q_before = self.qualifying
         q = self.qualifying = q_before + a
         thresholds = prog.tier_thresholds
@@ -457,15 +455,14 @@ class Fold:
                 until = t + prog.hold
                 for level in range(st_before + 1, st_after + 1):
                     self.holds[level] = (until, rid)
+                if st_after > self._held:
+                    self._held = st_after
                 if until < self._hold_next:  # (a refreshed hold may leave it early: harmless)
                     self._hold_next = until
         # _retier, inlined: tier = max(spend tier, held levels)
-        holds = self.holds
-        new = st_after
-        if holds:
-            held = max(holds)
-            if held > new:
-                new = held
+        new = self._held
+        if st_after > new:
+            new = st_after
         old = self.tier
         if new != old:
             self.tier = new
@@ -473,17 +470,15 @@ class Fold:
                 names = prog.tier_names
                 self._emit(
                     "tier_upgraded" if new > old else "tier_downgraded", t, rid, names[new],
-                    {"from_tier": names[old], "to_tier": names[new],
-                     "qualifying_spend_cents": q, "reason": "purchase"},
+                    K_TIER, (names[old], names[new], q, "purchase"),
                 )
         nxt = new + 1
         if on and nxt < len(thresholds):
             top = thresholds[nxt]
             if q_before < prog.tier_approach_lo[nxt] <= q < top:
                 self._emit(
-                    "tier_approaching", t, rid, prog.tier_names[nxt],
-                    {"qualifying_spend_cents": q, "next_tier": prog.tier_names[nxt],
-                     "gap_cents": top - q},
+                    "tier_approaching", t, rid, prog.tier_names[nxt], K_APPROACHING,
+                    (q, prog.tier_names[nxt], top - q),
                 )
         if pts and on:
             # milestones.crossings, inlined: upward crossings of the balance
@@ -494,11 +489,10 @@ class Fold:
             ):
                 for m, lo in prog.milestone_bands:
                     if b_before < m <= b_after:
-                        self._emit("milestone_reached", t, rid, str(m),
-                                   {"milestone": m, "gap_points": 0})
+                        self._emit("milestone_reached", t, rid, str(m), K_MILESTONE, (m, 0))
                     elif b_before < lo <= b_after < m:
-                        self._emit("milestone_approaching", t, rid, str(m),
-                                   {"milestone": m, "gap_points": m - b_after})
+                        self._emit("milestone_approaching", t, rid, str(m), K_MILESTONE,
+                                   (m, m - b_after))
         # lapse clock: purchases made while enrolled (lapse.lapse_deadline, inlined)
         n = self.lapse_n = self.lapse_n + 1
         first = self.lapse_first
@@ -515,7 +509,9 @@ class Fold:
         else:
             num = prog.lapse_num * ((t - first) // _US)
             den = prog.lapse_den * (n - 1)
-            due = self.lapse_due = t + _US * max(-((-num) // den), prog.lapse_floor_us)
+            gap = -((-num) // den)
+            floor = prog.lapse_floor_us
+            due = self.lapse_due = t + _US * (gap if gap > floor else floor)
             if due < nd:
                 nd = due
         self._next_due = nd
@@ -545,9 +541,7 @@ class Fold:
             to_debt = self.ledger.claw(inc, pid)
             if self._on(t):
                 self._emit(
-                    "points_reversed", t, r.record_id, "",
-                    {"points": inc, "refund_cents": dr, "purchase_id": pid,
-                     "to_debt": to_debt},
+                    "points_reversed", t, r.record_id, "", K_REVERSED, (inc, dr, pid, to_debt)
                 )
         if in_window:
             self.qualifying -= dr
@@ -557,8 +551,8 @@ class Fold:
         short = self.ledger.redeem(r.points)
         if not self._on(t):
             return
-        self._emit("points_redeemed", t, r.record_id, "",
-                   {"points": r.points, "redemption_id": r.redemption_id})
+        self._emit("points_redeemed", t, r.record_id, "", K_REDEEMED,
+                   (r.points, r.redemption_id))
         if short:
-            self._emit("redemption_overdraft", t, r.record_id, "",
-                       {"shortfall": short, "points": r.points})
+            self._emit("redemption_overdraft", t, r.record_id, "", K_OVERDRAFT,
+                       (short, r.points))

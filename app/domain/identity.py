@@ -30,12 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import blake2b
+from sys import intern
 from typing import Any
 
 from app.domain.events import LoyaltyEvent, event_id
 from app.domain.program import CompiledProgram
 from app.domain.records import (
     AnonymousRecord,
+    Identifier,
     PurchaseCompleted,
     PurchaseLine,
     PurchaseRefunded,
@@ -51,18 +53,29 @@ from app.domain.records import (
 class _Cluster:
     earliest: tuple[datetime, str]
     member_nos: set[str] = field(default_factory=set)
-    identifiers: set[str] = field(default_factory=set)
+    identifiers: set[Identifier] = field(default_factory=set)
+    # the cluster id, cached: whoever changes earliest or member_nos resets it to None
+    cid: str | None = field(default=None, compare=False, repr=False)
 
     def cluster_id(self) -> str:
-        if self.member_nos:
-            return "member:" + min(self.member_nos, key=member_no_order)
-        digest = blake2b(self.earliest[1].encode(), digest_size=8).hexdigest()
-        return "guest:" + digest
+        cid = self.cid
+        if cid is None:
+            if self.member_nos:
+                cid = "member:" + min(self.member_nos, key=member_no_order)
+            else:
+                cid = "guest:" + blake2b(self.earliest[1].encode(), digest_size=8).hexdigest()
+            self.cid = cid
+        return cid
 
     def absorb(self, other: _Cluster) -> None:
         self.earliest = min(self.earliest, other.earliest)
         self.member_nos |= other.member_nos
         self.identifiers |= other.identifiers
+        self.cid = None
+
+    def keys(self) -> list[str]:
+        """The identifiers as sorted ``type:value`` keys."""
+        return sorted(i.key for i in self.identifiers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,27 +134,52 @@ class IdentityGraph:
         """Resolve a record (idempotent for duplicates) and report merges and renames."""
         nodes = self._nodes(r)
         parent, clusters = self._parent, self._clusters
-        roots = sorted({self._find(n) for n in nodes if n in parent})
-        before = {root: clusters[root].cluster_id() for root in roots}
+        found: set[str] = set()
         for n in nodes:
-            if n not in parent:
-                parent[n] = n
-        root = roots[0] if roots else nodes[0]
-        if not roots:
-            clusters[root] = _Cluster((r.occurred_at, r.record_id))
-        cluster = clusters[root]
-        for other in roots[1:]:
-            cluster.absorb(clusters.pop(other))
-            parent[other] = root
-        for n in nodes:
-            parent[self._find(n)] = root
-        cluster.earliest = min(cluster.earliest, (r.occurred_at, r.record_id))
+            p = parent.get(n)
+            if p is not None:
+                # a node is mostly a direct child of its root (paths are compressed)
+                found.add(p if parent[p] == p else self._find(n))
+        if len(found) == 1:  # the common case: the record's known nodes share one cluster
+            root = found.pop()
+            roots = [root]
+            cluster = clusters[root]
+            before: tuple[str, ...] = (cluster.cluster_id(),)
+            for n in nodes:
+                if n not in parent:
+                    parent[n] = root
+        else:
+            roots = sorted(found)
+            before = tuple(clusters[root].cluster_id() for root in roots)
+            for n in nodes:
+                if n not in parent:
+                    parent[n] = n
+            root = roots[0] if roots else nodes[0]
+            if not roots:
+                clusters[root] = _Cluster((r.occurred_at, r.record_id))
+            cluster = clusters[root]
+            for other in roots[1:]:
+                cluster.absorb(clusters.pop(other))
+                parent[other] = root
+            for n in nodes:
+                parent[self._find(n)] = root
+        t, first = r.occurred_at, cluster.earliest
+        if t < first[0] or (t == first[0] and r.record_id < first[1]):
+            cluster.earliest = (t, r.record_id)
+            cluster.cid = None
+        known = cluster.identifiers
         for i in r.identifiers:
-            cluster.identifiers.add(i.key)
-            if i.type == "member_no":
-                cluster.member_nos.add(i.value)
+            if i not in known:
+                known.add(i)
+                if i.type == "member_no" and i.value not in cluster.member_nos:
+                    cluster.member_nos.add(i.value)
+                    cluster.cid = None
         new_id = cluster.cluster_id()
-        previous = tuple(sorted({cid for cid in before.values() if cid != new_id}))
+        previous: tuple[str, ...]
+        if len(before) == 1:
+            previous = () if before[0] == new_id else before
+        else:
+            previous = tuple(sorted({cid for cid in before if cid != new_id}))
         events: tuple[LoyaltyEvent, ...] = ()
         if len(roots) > 1:
             member_id = min(cluster.member_nos, key=member_no_order) if cluster.member_nos else None
@@ -155,7 +193,7 @@ class IdentityGraph:
                     r.record_id,
                     {"survivor": new_id, "absorbed": absorbed},
                 )
-                for absorbed in sorted(set(before.values()) - {new_id})
+                for absorbed in sorted(set(before) - {new_id})
             )
         return Resolution(r.record_id, new_id, previous, events)
 
@@ -184,7 +222,7 @@ class IdentityGraph:
                     "nodes": sorted(nodes),
                     "earliest": [format_time(c.earliest[0]), c.earliest[1]],
                     "member_nos": sorted(c.member_nos),
-                    "identifiers": sorted(c.identifiers),
+                    "identifiers": c.keys(),
                 }
                 for root, nodes in sorted(roots.items())
                 for c in (self._clusters[root],)
@@ -201,11 +239,13 @@ class IdentityGraph:
             for node in c["nodes"]:
                 g._parent[node] = root
             t, rid = c["earliest"]
+            pairs = (key.partition(":") for key in c["identifiers"])  # types hold no ":"
             g._clusters[root] = _Cluster(
-                (parse_time(t, rid), rid), set(c["member_nos"]), set(c["identifiers"])
+                (parse_time(t, rid), rid), set(c["member_nos"]),
+                {Identifier(intern(k), v) for k, _, v in pairs},
             )
         return g
 
     def clusters(self) -> dict[str, list[str]]:
         """cluster id -> sorted identifiers (``type:value``), for tests and export."""
-        return {c.cluster_id(): sorted(c.identifiers) for c in self._clusters.values()}
+        return {c.cluster_id(): c.keys() for c in self._clusters.values()}

@@ -5,31 +5,35 @@ days), so "oldest first" consumption and expiry both work at the front of one de
 O(1) amortised. Debt is a single non-negative integer: the balance is ``lots - debt`` and
 may go negative; new earns repay debt before they create a lot.
 
-A lot is a small list ``[purchase_id, cause, earned_at, remaining, tail]`` (indexes
-``L_*``; ``tail`` is the spelled time of day of ``earned_at``, ``"HH:MM:SS[.ffffff]+00:00"``,
-or None, so the ids of its notice and expiry, whole days later, need no full spelling):
-building one costs a quarter of a slots dataclass, and one is built per earn on the hot
-path. It does not store its expiry and notice times: they are ``earned_at + lot_life`` and
-``earned_at + lot_life - notice_lead`` (the ledger holds both offsets); ``earned_at`` is the
-purchase's own time object. The fold does earn, expiry, notices and the next due time
-inline on the hot path; clawback and redemption are here.
+A lot is an immutable tuple ``(purchase_id, cause, earned_at)`` (indexes ``L_*``); the
+points it still holds live in ``left`` (lot -> points, only lots holding some), so a lot
+is of atomic values and the cyclic GC stops tracking it (a member keeps a year of them),
+and a clone copies one dict instead of every lot. It does not store its expiry and notice
+times: they are ``earned_at + lot_life`` and ``earned_at + lot_life - notice_lead`` (the
+ledger holds both offsets); ``earned_at`` is the purchase's own time object. The fold does
+earn, expiry, notices and the next due time inline on the hot path; clawback and
+redemption are here.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Final
 
 # fields of a lot
-L_PURCHASE, L_CAUSE, L_EARNED, L_REMAINING, L_TAIL = range(5)
-Lot = list[Any]
+L_PURCHASE: Final = 0
+L_CAUSE: Final = 1
+L_EARNED: Final = 2
+Lot = tuple[str, str, datetime]
 
 
 class Ledger:
     """Lots and debt of one profile. All amounts are integer points."""
 
-    __slots__ = ("by_purchase", "debt", "life", "lots", "notice_offset", "notices", "total")
+    __slots__ = (
+        "by_purchase", "debt", "left", "life", "lots", "notice_offset", "notices", "total"
+    )
 
     def __init__(self, life: timedelta, notice_offset: timedelta) -> None:
         self.life = life  # a lot expires at earned_at + life
@@ -37,21 +41,17 @@ class Ledger:
         self.lots: deque[Lot] = deque()
         self.notices: deque[Lot] = deque()  # lots whose expiring notice is still ahead
         self.by_purchase: dict[str, Lot] = {}
-        self.total = 0  # sum of remaining over lots
+        self.left: dict[Lot, int] = {}  # points left per lot; a lot holding none is absent
+        self.total = 0  # sum of left
         self.debt = 0
 
     def clone(self) -> Ledger:
-        """An independent copy (lots are mutable and shared by three indexes)."""
+        """An independent copy (lots are immutable: only the containers are copied)."""
         new = Ledger(self.life, self.notice_offset)
-        copies = {id(lot): lot.copy() for lot in self.lots}
-        for lot in self.notices:
-            if id(lot) not in copies:
-                copies[id(lot)] = lot.copy()
-        new.lots = deque(copies[id(lot)] for lot in self.lots)
-        new.notices = deque(copies[id(lot)] for lot in self.notices)
-        new.by_purchase = {
-            k: copies[id(lot)] for k, lot in self.by_purchase.items() if id(lot) in copies
-        }
+        new.lots = deque(self.lots)
+        new.notices = deque(self.notices)
+        new.by_purchase = dict(self.by_purchase)
+        new.left = dict(self.left)
         new.total, new.debt = self.total, self.debt
         return new
 
@@ -59,18 +59,30 @@ class Ledger:
     def balance(self) -> int:
         return self.total - self.debt
 
+    def _take(self, lot: Lot, points: int) -> int:
+        """Take up to ``points`` from ``lot``; returns the points it still holds."""
+        left = self.left
+        held = left.get(lot, 0)
+        n = held if held < points else points
+        held -= n
+        self.total -= n
+        if held:
+            left[lot] = held
+        else:
+            left.pop(lot, None)
+        return held
+
     def _take_oldest(self, points: int) -> int:
         """Consume up to ``points`` from the oldest lots; returns what could not be taken."""
-        lots = self.lots
+        lots, left = self.lots, self.left
         while points and lots:
             lot = lots[0]
-            n = min(lot[L_REMAINING], points)
-            lot[L_REMAINING] -= n
-            self.total -= n
+            n = left.get(lot, 0)
+            if self._take(lot, points):
+                return 0
             points -= n
-            if not lot[L_REMAINING]:
-                lots.popleft()
-                self.by_purchase.pop(lot[L_PURCHASE], None)
+            lots.popleft()
+            self.by_purchase.pop(lot[L_PURCHASE], None)
         return points
 
     def claw(self, points: int, purchase_id: str) -> int:
@@ -79,11 +91,10 @@ class Ledger:
         Returns the part that became debt.
         """
         lot = self.by_purchase.get(purchase_id)
-        if lot is not None and lot[L_REMAINING]:
-            n = min(lot[L_REMAINING], points)
-            lot[L_REMAINING] -= n
-            self.total -= n
-            points -= n
+        if lot is not None:
+            held = self.left.get(lot, 0)
+            if held:
+                points -= held - self._take(lot, points)
         short = self._take_oldest(points)
         self.debt += short
         return short
