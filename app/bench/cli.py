@@ -114,7 +114,7 @@ def bench_pipeline(
         return
     for k, v in result.to_dict().items():
         if k != "machine":
-            typer.echo(f"{k:24} {v}")
+            typer.echo(f"{k:28} {v}")
 
 
 def bench_api(

@@ -17,6 +17,11 @@ Figures (nothing here is pass/fail):
   ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s.
 * ``rss_bytes_per_member``: growth of the worker's resident memory over the throughput
   phase divided by the members it added (state cache, graph, Python overhead included).
+  Most of it is the high-water mark of the stages' batches, which does not depend on the
+  member count (README, Benchmarks), so also:
+* ``rss_bytes_per_added_member``: the growth over a second burst of the same size for as
+  many new members, per member: what a further member costs once the batches' working set
+  is in place.
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ class PipelineBenchResult:
     p50_ms: float | None
     p99_ms: float | None
     rss_bytes_per_member: float
+    #: the worker's RSS growth over a second burst of the same size for as many *new*
+    #: members, per member: the first burst has already grown the process by the batches'
+    #: working set (which it keeps, and which does not depend on the member count), so this
+    #: is what each further member costs (None: not measured)
+    rss_bytes_per_added_member: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +142,16 @@ def synthetic_events(members: int, events: int, tag: str) -> list[tuple[bytes, b
             )
         )
     return out
+
+
+def _produce(broker: str, msgs: list[tuple[bytes, bytes]]) -> None:
+    """Write ``msgs`` to ``cdp.events`` as fast as the client can, and wait for the acks."""
+    p = Producer({"bootstrap.servers": broker, "linger.ms": 5})
+    for key, value in msgs:
+        p.produce("cdp.events", value, key)
+        p.poll(0)
+    p.flush(60)
+    p.close()
 
 
 def _rss(pid: int | None) -> int:
@@ -271,13 +291,8 @@ def run_pipeline_bench(
             out_before = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
             rss0 = _rss(pid)
             say(f"throughput: {len(msgs):,} canonical events for {members:,} members")
-            p = Producer({"bootstrap.servers": st["broker"], "linger.ms": 5})
             t0 = time.perf_counter()
-            for key, value in msgs:
-                p.produce("cdp.events", value, key)
-                p.poll(0)
-            p.flush(60)
-            p.close()
+            _produce(st["broker"], msgs)
             produced = time.perf_counter() - t0
             phases = wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
             elapsed = time.perf_counter() - t0
@@ -295,6 +310,11 @@ def run_pipeline_bench(
                 f" ({len(msgs) / elapsed:,.0f}/s with offers); bare loop over the same messages"
             )
             bare = bare_loop(st["broker"], start, len(msgs))
+            say(f"memory: a second burst of {len(msgs):,} events for {members:,} new members")
+            rss2 = _rss(pid)
+            _produce(st["broker"], synthetic_events(members, events, tag + "m"))
+            wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
+            added = max(0, _rss(pid) - rss2) / members
             say(f"latency at {rate:,} rows/s for {duration:.0f}s")
             total, received, lat = measure_latency(st, rate, duration, tag)
             if received < total:
@@ -315,6 +335,7 @@ def run_pipeline_bench(
                 p50_ms=round(_percentile(lat, 50), 1) if lat else None,
                 p99_ms=round(_percentile(lat, 99), 1) if lat else None,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
+                rss_bytes_per_added_member=round(added, 1),
                 notes=notes,
             )
         finally:
