@@ -210,18 +210,21 @@ class ProfileStage:
             # check as notified ones: a profile erased or changed elsewhere meanwhile is
             # reloaded (or retired), never re-saved from a stale cache. Only partitions this
             # batch holds the lock of are written.
-            locked = set(parts)
-            for pid, st in self.states.items():
-                part = self._part(pid)
-                if part in ticks or (
-                    advance_all and target is not None and part in locked and st.next_due <= target
-                ):
-                    touched.setdefault(pid, False)
+            # (A plain notification batch has neither: no scan of every cached state.)
+            if ticks or advance_all:
+                locked = set(parts)
+                for pid, st in self.states.items():
+                    part = self._part(pid)
+                    if part in ticks or (
+                        advance_all and target is not None and part in locked
+                        and st.next_due <= target
+                    ):
+                        touched.setdefault(pid, False)
             changed, gone, db_versions = self._refresh(conn, touched, events, guests, rejected)
             # A tick re-snapshots every profile of its partitions (their as_of moves to the
             # tick); the wall-clock timer writes only profiles that an effect changed.
-            ticked = {pid for pid in self.states if self._part(pid) in ticks}
-            changed |= ticked
+            if ticks:
+                changed |= {pid for pid in self.states if self._part(pid) in ticks}
             candidates: set[str] = set()
             if target is not None:
                 # every state due in a locked partition was put in ``touched`` above
