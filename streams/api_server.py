@@ -188,19 +188,16 @@ class ProfileReader:
 
     async def _listen(self) -> None:
         """Keep a connection listening to the store's profile notifications; the cache is
-        used only while one is up. Reconnects every second while the store is away."""
+        used only while one is up (``_listen_once`` enables it, and disables it whenever
+        the connection ends). Reconnects every second while the store is away."""
         cache = self.cache
         assert cache is not None
         while True:
             try:
                 await self._listen_once(cache)
-            except asyncio.CancelledError:
-                cache.disable()
-                raise
             except Exception as exc:  # the store is down: read through until it is back
                 log.warning("profile notifications unavailable (%s); not caching",
                             type(exc).__name__)
-            cache.disable()
             await asyncio.sleep(1.0)
 
     async def _listen_once(self, cache: ProfileCache) -> None:
