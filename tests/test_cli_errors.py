@@ -126,6 +126,17 @@ def test_up_with_a_bad_stream_nice_starts_nothing(tmp_path: Path, value: str) ->
     assert not (state / "postgres").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LOYALTY_CDP_CDC_POLL_INTERVAL_MS", "0"), ("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "soon")],
+)
+def test_up_with_a_bad_setting_starts_nothing(tmp_path: Path, name: str, value: str) -> None:
+    state = tmp_path / "s"
+    res = run_cli("up", "--state-dir", str(state), env={name: value})
+    assert name in one_line_error(res)
+    assert not (state / "postgres").exists()
+
+
 def test_topics_apply_without_a_stack(tmp_path: Path) -> None:
     line = one_line_error(run_cli("topics", "apply", "--state-dir", str(tmp_path / "none")))
     assert "no embedded stack" in line and "--bootstrap" in line

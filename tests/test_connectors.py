@@ -130,6 +130,11 @@ def test_offset_flush_interval(tmp_path: Path) -> None:
     assert props["offset.flush.interval.ms"] == "250"
 
 
+def test_poll_interval(tmp_path: Path) -> None:
+    assert _embedded(_spec(), tmp_path)["poll.interval.ms"] == "100"
+    assert _embedded(_spec(), tmp_path, poll_interval_ms=20)["poll.interval.ms"] == "20"
+
+
 def test_extra_properties_pass_through_to_both_targets(tmp_path: Path) -> None:
     spec = _spec(properties={"slot.drop.on.stop": False, "max.batch.size": 100, "x.y": "z"})
     for props in (render_connect(spec)["config"], _embedded(spec, tmp_path)):

@@ -155,11 +155,13 @@ def render_embedded(
     offsets_file: Path,
     snapshot_mode: str | None = None,
     offset_flush_interval_ms: int = 1000,
+    poll_interval_ms: int = 100,
 ) -> dict[str, str]:
     """Properties for the Debezium embedded engine run by ``loyalty-cdp up``.
 
     Offsets go to a file in the state dir (durable across ``down``/``up``); the poll
-    interval is short because the embedded stack is about seconds-level freshness.
+    interval (``LOYALTY_CDP_CDC_POLL_INTERVAL_MS``, app/settings.py) trades a change's wait
+    for its batch against the idle engines' CPU.
     """
     props = spec.common_properties()
     props.update(
@@ -172,7 +174,7 @@ def render_embedded(
             "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
             "offset.storage.file.filename": str(offsets_file),
             "offset.flush.interval.ms": str(offset_flush_interval_ms),
-            "poll.interval.ms": "20",
+            "poll.interval.ms": str(poll_interval_ms),
             "max.batch.size": "4096",
             "max.queue.size": "16384",
             "converter.schemas.enable": "false",

@@ -231,6 +231,7 @@ def run(state_dir: Path) -> int:
             offsets_file=paths.cdc_dir / f"{spec.name}.offsets",
             snapshot_mode=override,
             offset_flush_interval_ms=cfg.offset_flush_interval_ms,
+            poll_interval_ms=cfg.cdc_poll_interval_ms,
         )
         engines.append(
             DebeziumEngine(
