@@ -15,6 +15,11 @@ Figures (nothing here is pass/fail):
   first over the second.
 * ``p50_ms`` / ``p99_ms``: source commit (a POS transaction of an enrolled card) to its
   ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s.
+* ``cpu_ms_per_event``: CPU milliseconds per event of each process role (worker, its
+  decisioning and API children, PostgreSQL, broker, CDC runner) from the first event
+  produced until the profiles stage caught up, and ``cpu_ms_per_event_with_offers`` until
+  decisioning caught up (``app/bench/cpu.py``): far less noisy than the rates on a shared
+  host, and it says where the time goes.
 * ``rss_bytes_per_member``: growth of the worker's resident memory over the throughput
   phase divided by the members it added (state cache, graph, Python overhead included).
   Most of it is the high-water mark of the stages' batches, which does not depend on the
@@ -40,7 +45,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
-from app.stack import embedded
+from app.bench.cpu import cpu_by_role, per_event_ms
+from app.stack import embedded, postgres
 from app.stack.errors import StackError
 from app.stack.pipeline import STAGES, wait_stages
 from app.stack.state import StackPaths
@@ -75,6 +81,9 @@ class PipelineBenchResult:
     #: working set (which it keeps, and which does not depend on the member count), so this
     #: is what each further member costs (None: not measured)
     rss_bytes_per_added_member: float | None = None
+    #: CPU ms per event by process role, to profiles caught up / to decisions caught up
+    cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_event_with_offers: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +235,18 @@ class _EarnedRecorder(ArrivalRecorder):
                     self.arrivals.setdefault(cause, now)
 
 
+def _roots(sd: Path) -> dict[str, int | None]:
+    """The pids whose process trees make up the stack (for :func:`cpu_by_role`)."""
+    paths = StackPaths(sd.resolve())
+    pg = postgres.status(paths.postgres_dir)
+    return {
+        "worker": paths.process("worker").pid(),
+        "postgres": pg.pid if pg is not None else None,
+        "broker": paths.process("broker").pid(),
+        "cdc": paths.process("cdc").pid(),
+    }
+
+
 def measure_latency(
     st: dict[str, Any], rate: int, duration: float, tag: str
 ) -> tuple[int, int, list[float]]:
@@ -290,11 +311,20 @@ def run_pipeline_bench(
             start = _end_offsets(st["broker"], "cdp.events")
             out_before = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
             rss0 = _rss(pid)
+            roots = _roots(sd)
+            cpu: dict[str, dict[str, float]] = {}
+
+            def cpu_mark(stage: str) -> None:
+                cpu[stage] = cpu_by_role(roots)
+
             say(f"throughput: {len(msgs):,} canonical events for {members:,} members")
+            cpu_mark("start")
             t0 = time.perf_counter()
             _produce(st["broker"], msgs)
             produced = time.perf_counter() - t0
-            phases = wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
+            phases = wait_stages(
+                st["broker"], stages, time.monotonic() + 1800, say, on_stage=cpu_mark
+            )
             elapsed = time.perf_counter() - t0
             rss1 = _rss(pid)
             # wait_stages takes the stages in order, each from when the previous caught up
@@ -336,6 +366,10 @@ def run_pipeline_bench(
                 p99_ms=round(_percentile(lat, 99), 1) if lat else None,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
+                cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
+                cpu_ms_per_event_with_offers=per_event_ms(
+                    cpu["start"], cpu.get("decisions", {}), len(msgs)
+                ),
                 notes=notes,
             )
         finally:

@@ -86,10 +86,15 @@ def _marks(consumer: Consumer, topics: list[str]) -> dict[TopicPartition, int]:
 
 
 def wait_stages(
-    broker: str, stages: list[tuple[str, list[str]]], deadline: float, say: Say = _quiet
+    broker: str,
+    stages: list[tuple[str, list[str]]],
+    deadline: float,
+    say: Say = _quiet,
+    on_stage: Say = _quiet,
 ) -> dict[str, float]:
     """For each stage in order: wait until the group's committed offsets reach the high
-    watermarks of the stage's input topics, taken when the stage's turn comes."""
+    watermarks of the stage's input topics, taken when the stage's turn comes; ``on_stage``
+    is called with each stage's name as soon as it has caught up."""
     phases: dict[str, float] = {}
     consumer = Consumer(
         {"bootstrap.servers": broker, "group.id": GROUP, "enable.auto.commit": False}
@@ -106,6 +111,7 @@ def wait_stages(
                     raise StackError(f"not caught up: stage {stage} is {behind} messages behind")
                 time.sleep(0.05)
             phases[stage] = time.monotonic() - t1
+            on_stage(stage)
             say(f"{stage}: caught up")
     finally:
         consumer.close()

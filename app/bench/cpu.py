@@ -1,0 +1,83 @@
+"""CPU time of the embedded stack's processes, by role, read from ``/proc`` (Linux).
+
+Why: on a shared 2-core host the pipeline's wall-clock figures move by 15-30% with whatever
+else runs, while the CPU each process spends per event hardly moves. ``bench pipeline``
+reports both, so a change can be judged by where its CPU went, not only by a noisy rate.
+
+Roles: ``worker`` (the stream worker's own process: Faust, the identity and profile stages),
+``decisions`` (its decisioning child), ``api`` (its API child), ``postgres`` (the server and
+every backend), ``broker`` and ``cdc``. A process that exits between two readings loses its
+time, which is fine for a bench over a steady stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["ROLES", "cpu_by_role", "per_event_ms"]
+
+ROLES = ("worker", "decisions", "api", "postgres", "broker", "cdc")
+_PROC = Path("/proc")
+
+
+def _table() -> tuple[dict[int, int], dict[int, float], dict[int, str]]:
+    """(parent, cpu seconds, command line) of every readable process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ppid: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    cmd: dict[int, str] = {}
+    for d in _PROC.iterdir():
+        if not d.name.isdigit():
+            continue
+        pid = int(d.name)
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd[pid] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return ppid, cpu, cmd
+
+
+def _tree(root: int, ppid: Mapping[int, int]) -> set[int]:
+    out = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in ppid.items():
+            if parent in out and pid not in out:
+                out.add(pid)
+                grew = True
+    return out
+
+
+def cpu_by_role(roots: Mapping[str, int | None]) -> dict[str, float]:
+    """CPU seconds so far of each role, from the pids of ``worker``, ``postgres`` (the
+    postmaster), ``broker`` and ``cdc``; the worker's children are split by what they run."""
+    if not _PROC.is_dir():
+        return {}
+    ppid, cpu, cmd = _table()
+    out = dict.fromkeys(ROLES, 0.0)
+    for role, root in roots.items():
+        if root is None or root not in cpu:
+            continue
+        for pid in _tree(root, ppid):
+            r = role
+            if role == "worker" and pid != root:
+                r = "api" if "api_server" in cmd.get(pid, "") else "decisions"
+            out[r] += cpu.get(pid, 0.0)
+    return out
+
+
+def per_event_ms(
+    before: Mapping[str, float], after: Mapping[str, float], events: int
+) -> dict[str, float]:
+    """CPU milliseconds per event of each role between two readings, and their ``total``."""
+    if not before or not after or events <= 0:
+        return {}
+    out = {r: round((after[r] - before[r]) * 1000 / events, 3) for r in ROLES}
+    out["total"] = round(sum(out.values()), 3)
+    return out
