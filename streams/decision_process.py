@@ -11,6 +11,9 @@ are committed only after the decisions are committed, as before); the child runs
 :class:`DecisionAgent` exactly as the thread did, one batch at a time (a single-process pool
 serves its queue in order). Its store connection and producer are its own.
 
+Priority: it runs ``LOYALTY_CDP_DECISIONS_NICE`` (5) steps below the stages that feed it
+(app/stack/process.py ``decisions_nice``): on a saturated host the loyalty events come first.
+
 Lifetime: started with the ``spawn`` method (the worker has threads; forking them is
 unsafe), it ignores Ctrl-C (the worker shuts it down), and a watchdog thread exits it when
 the worker dies (e.g. SIGKILL), so no orphan keeps store connections or advisory locks.
@@ -18,6 +21,7 @@ the worker dies (e.g. SIGKILL), so no orphan keeps store connections or advisory
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -47,6 +51,10 @@ def start_pool(broker: str, clock: str, store_dsn: str) -> ProcessPoolExecutor:
 def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
     global _AGENT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from app.stack.process import decisions_nice
+
+    with contextlib.suppress(OSError):
+        os.nice(decisions_nice())  # validated by the worker before it started
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     from app.decisioning import load_catalog
     from app.domain.program import load_program

@@ -32,7 +32,7 @@ from app.settings import settings
 from app.stack.errors import StackError
 from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
-from app.stack.process import stream_nice
+from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths
 from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         nice = stream_nice()
+        decisions_nice()  # read again by the decisioning process when it starts
         cache_size()  # the API process's setting: refused here, before anything starts
     except (StackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

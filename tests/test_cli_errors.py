@@ -128,7 +128,11 @@ def test_up_with_a_bad_stream_nice_starts_nothing(tmp_path: Path, value: str) ->
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("LOYALTY_CDP_CDC_POLL_INTERVAL_MS", "0"), ("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "soon")],
+    [
+        ("LOYALTY_CDP_CDC_POLL_INTERVAL_MS", "0"),
+        ("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "soon"),
+        ("LOYALTY_CDP_DECISIONS_NICE", "20"),
+    ],
 )
 def test_up_with_a_bad_setting_starts_nothing(tmp_path: Path, name: str, value: str) -> None:
     state = tmp_path / "s"

@@ -215,7 +215,8 @@ def _nice(pid: int, tid: int | None = None) -> int:
 
 def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
     """The broker, the CDC runner and the worker's threads run LOYALTY_CDP_STREAM_NICE (10)
-    steps below the API process, which keeps the priority of whoever ran ``up``."""
+    steps below the API process, which keeps the priority of whoever ran ``up``, and the
+    decisioning process LOYALTY_CDP_DECISIONS_NICE (5) steps below those."""
     base = os.nice(0)
     paths = StackPaths(stack["state_dir_path"].resolve())
     for name in ("broker", "cdc", "worker"):
@@ -224,9 +225,10 @@ def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
     wpid = paths.process("worker").pid()
     assert wpid is not None
     assert _nice(_api_child(wpid)) == base
-    decisioning = [p for p, cmd in _children(wpid) if "multiprocessing" in cmd]
+    decisioning = [p for p, cmd in _children(wpid) if "spawn_main" in cmd]
     assert decisioning, _children(wpid)  # started by the fixture's purchases
-    assert all(_nice(p) == min(base + 10, 19) for p in decisioning)
+    # LOYALTY_CDP_DECISIONS_NICE (5) further below the stages that feed it
+    assert all(_nice(p) == min(base + 15, 19) for p in decisioning)
 
 
 def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
