@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -29,9 +30,25 @@ class WorkerSettings:
     clock: str = "wall"  # or "manual"
 
 
+class _App(faust.App):
+    """``faust.App`` without its ``Monitor`` among the sensors.
+
+    Why: Faust calls every sensor several times per message (message in, stream event in and
+    out, message out), and its ``Monitor`` keeps per-topic and per-stream statistics for
+    Faust's own web pages, which nobody reads here (``/metrics`` is ``streams/metrics.py``).
+    The monitor object stays (the consumer records end offsets and commits on it directly);
+    it just no longer runs on every message.
+    """
+
+    def on_init_dependencies(self) -> Any:
+        deps = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)
+        return deps
+
+
 def build_app(cfg: WorkerSettings) -> faust.App:
     faust_patches.apply()
-    return faust.App(
+    return _App(
         cfg.app_id,
         broker=",".join(f"kafka://{b}" for b in cfg.broker.split(",")),
         datadir=str(cfg.data_dir),

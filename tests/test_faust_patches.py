@@ -7,6 +7,7 @@ from pathlib import Path
 
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
 
 from streams import faust_patches
 from streams.app import WorkerSettings, build_app
@@ -37,3 +38,11 @@ def test_fetch_wait_is_passed_to_aiokafka() -> None:
             await consumer.stop()
 
     assert asyncio.run(wait_ms()) == faust_patches.FETCH_MAX_WAIT_MS
+
+
+def test_the_monitor_is_not_a_sensor(tmp_path: Path) -> None:
+    """Faust's Monitor no longer runs on every message; the consumer can still record on it."""
+    app = build_app(WorkerSettings(broker="127.0.0.1:1", web_port=1, data_dir=tmp_path))
+    app.on_init_dependencies()
+    assert app.monitor not in set(app.sensors)
+    app.monitor.track_tp_end_offset(TP("cdp.events", 0), 10)  # used directly by Faust
