@@ -22,7 +22,6 @@ the worker dies (e.g. SIGKILL), so no orphan keeps store connections or advisory
 from __future__ import annotations
 
 import contextlib
-import gc
 import multiprocessing
 import os
 import signal
@@ -52,11 +51,10 @@ def start_pool(broker: str, clock: str, store_dsn: str) -> ProcessPoolExecutor:
 def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
     global _AGENT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from app.stack.process import decisions_nice, gc_threshold
+    from app.stack.process import decisions_nice
 
     with contextlib.suppress(OSError):
         os.nice(decisions_nice())  # validated by the worker before it started
-    gc.set_threshold(*gc_threshold())
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     from app.decisioning import load_catalog
     from app.domain.program import load_program

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ from app.settings import settings
 from app.stack.errors import StackError
 from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
-from app.stack.process import decisions_nice, gc_threshold, stream_nice
+from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths
 from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
@@ -137,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nice = stream_nice()
         decisions_nice()  # read again by the decisioning process when it starts
-        gc.set_threshold(*gc_threshold())  # and so is this
         cache_size()  # the API process's setting: refused here, before anything starts
     except (StackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

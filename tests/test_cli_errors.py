@@ -132,7 +132,6 @@ def test_up_with_a_bad_stream_nice_starts_nothing(tmp_path: Path, value: str) ->
         ("LOYALTY_CDP_CDC_POLL_INTERVAL_MS", "0"),
         ("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "soon"),
         ("LOYALTY_CDP_DECISIONS_NICE", "20"),
-        ("LOYALTY_CDP_GC_THRESHOLD", "700,10"),
     ],
 )
 def test_up_with_a_bad_setting_starts_nothing(tmp_path: Path, name: str, value: str) -> None:

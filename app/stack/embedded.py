@@ -27,7 +27,7 @@ from app.stack import postgres
 from app.stack.broker import start_broker, wait_listening
 from app.stack.errors import StackError
 from app.stack.ports import free_port, port_is_free
-from app.stack.process import decisions_nice, gc_threshold, stream_nice
+from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths, StackState
 from app.stack.topics import apply_topics, load_plan
 
@@ -111,8 +111,7 @@ def up(
     specs = _connectors()
     state = _choose_state(paths, pg_port, broker_port, api_port, clock)
     nice = stream_nice()  # a bad value fails here, before anything is saved or started
-    decisions_nice()  # the worker's settings, refused here too
-    gc_threshold()
+    decisions_nice()  # the worker's setting, refused here too
     _check_ports(paths, state, with_worker=with_worker)  # before anything is saved or started
     paths.save(state)
     t0 = time.monotonic()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from app.stack.errors import StackError
 
-__all__ = ["ManagedProcess", "decisions_nice", "gc_threshold", "stream_nice"]
+__all__ = ["ManagedProcess", "decisions_nice", "stream_nice"]
 
 #: niceness of the stream processes unless ``LOYALTY_CDP_STREAM_NICE`` says otherwise
 DEFAULT_STREAM_NICE = 10
@@ -67,36 +67,6 @@ def decisions_nice() -> int:
     a burst decisions lag (visible in the lag metrics) and catch up once the stages have.
     """
     return _nice_setting("LOYALTY_CDP_DECISIONS_NICE", DEFAULT_DECISIONS_NICE)
-
-
-#: garbage-collector thresholds of the stream processes (``LOYALTY_CDP_GC_THRESHOLD``)
-DEFAULT_GC_THRESHOLD = (50_000, 20, 20)
-
-
-def gc_threshold() -> tuple[int, int, int]:
-    """``$LOYALTY_CDP_GC_THRESHOLD`` (three positive integers ``gen0,gen1,gen2``, default
-    ``50000,20,20``): the garbage-collector thresholds of the worker and its decisioning
-    process (``gc.set_threshold``).
-
-    Why: a worker holds hundreds of thousands of long-lived objects (its hot member states,
-    the identity graph), and CPython's default (700, 10, 10) ran a young collection every 700
-    allocations of a batch and older ones after every few of those, each time traversing
-    objects that live for hours. Fewer, larger young collections cost the same per object and
-    far less per batch; reference cycles are still collected.
-    """
-    raw = os.environ.get("LOYALTY_CDP_GC_THRESHOLD", "").strip()
-    if not raw:
-        return DEFAULT_GC_THRESHOLD
-    try:
-        a, b, c = (int(x) for x in raw.split(","))
-    except ValueError:
-        a = b = c = 0
-    if min(a, b, c) < 1:
-        raise StackError(
-            f"LOYALTY_CDP_GC_THRESHOLD must be three positive integers like 50000,20,20,"
-            f" not {raw!r}"
-        )
-    return a, b, c
 
 
 def _start_ticks(pid: int) -> str | None:
