@@ -225,8 +225,7 @@ def erase(store: Store, type_: str, value: str, partitions: int, actor: str) -> 
             )
         record_ids, member_nos, purchases = _contents(rows)
         ids = sorted(_possible_ids(pid, record_ids, member_nos))
-        for part in sorted({partition_of(i, partitions) for i in ids}):
-            store.partition_lock(conn, part)
+        store.partition_locks(conn, {partition_of(i, partitions) for i in ids})
         lock = text("SELECT pg_advisory_xact_lock(:ns, hashtext(:p))")
         conn.execute(lock, {"ns": DECIDE_LOCK_NS, "p": pid})
         counts: dict[str, int] = {}

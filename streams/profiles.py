@@ -188,8 +188,7 @@ class ProfileStage:
         guests: list[NewRow] = []
         rejected: list[tuple[Record, str]] = []
         with self.store.tx() as conn:
-            for p in parts:
-                self.store.partition_lock(conn, p)
+            self.store.partition_locks(conn, parts)
             if ticks:
                 # A tick must reach every profile of its partitions, including any another
                 # worker created while it owned the partition (the store, not this worker's

@@ -183,10 +183,18 @@ class Store:
     # -- profile stage ----------------------------------------------------------------
 
     @staticmethod
-    def partition_lock(conn: Connection, partition: int) -> None:
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"), {"k": PARTITION_LOCK_BASE + partition}
-        )
+    def partition_locks(conn: Connection, partitions: Iterable[int]) -> None:
+        """Take the advisory locks of ``partitions`` in one round trip, in ascending order
+        (every holder takes them in that order, so two batches cannot deadlock)."""
+        keys = sorted({PARTITION_LOCK_BASE + p for p in partitions})
+        if keys:
+            conn.execute(
+                text(
+                    "SELECT count(pg_advisory_xact_lock(k))"
+                    " FROM (SELECT unnest(CAST(:ks AS bigint[])) AS k ORDER BY 1) s"
+                ),
+                {"ks": keys},
+            )
 
     @staticmethod
     def profile_ids(conn: Connection) -> list[str]:
