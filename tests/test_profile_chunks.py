@@ -16,16 +16,28 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from app.domain.records import Record
+from app.domain.records import PurchaseRefunded, Record
 from streams.profiles import encode_tick
 from streams.store import Store
 from streams.topics import PROFILES, RESOLVED
-from tests.domain.builders import at, buy, consent, enroll, link, redeem, refund
+from tests.domain.builders import at, buy, consent, enroll, ids, link, redeem, refund
 from tests.stage_harness import PARTS, FakeProducer, Msg, Pipeline, clean_store, cloudevent
 
 pytest_plugins = ["tests.pg_support"]
 
 TICK = at(400)  # past the points' expiry: every member's lots expire
+LATE_PURCHASE = buy("T2-late", 5_000, at(400.5), customer_id="W2")
+LATE_REFUND = PurchaseRefunded(
+    "pos.returns:R3",
+    "pos",
+    "returns",
+    "R3",
+    at(400.7),
+    ids(customer_id="W2"),
+    "R3",
+    "pos:T2-late",
+    1_000,
+)
 
 
 def history() -> list[list[Record] | datetime]:
@@ -51,8 +63,12 @@ def history() -> list[list[Record] | datetime]:
         refund("R2", "T1-2", 1_000, at(1)),  # before its purchase: refused
         redeem("X1", 300, at(9), member_no="M1"),
         buy("T3-9", 30_000, at(10), member_no="M3"),
+        LATE_REFUND,  # its purchase comes after the tick: waits in the stage's pending
     ]
-    after = [buy(f"U{i}", 2_000, at(401), customer_id=f"W{i}") for i in range(6)]
+    after = [
+        *(buy(f"U{i}", 2_000, at(401), customer_id=f"W{i}") for i in range(6)),
+        LATE_PURCHASE,
+    ]
     return [first, buys[:9], buys[9:], merge, TICK, after]
 
 
@@ -113,12 +129,17 @@ def run(store: Store, chunk: int) -> tuple[dict[str, Any], list[Any], int]:
         committed(*args)
 
     p.profiles._committed = counting  # type: ignore[method-assign]
+    waits = False  # the late refund's purchase has not come yet
     for batch in history():
         if isinstance(batch, datetime):
             p.profiles.process(ticks(batch))
         else:
             p.identity.process([Msg(cloudevent(r)) for r in batch])
             p.profiles.process(notes(p))
+            waits = LATE_REFUND in batch or (waits and LATE_PURCHASE not in batch)
+        assert p.profiles.pending == (
+            {"member:M2": {"pos.returns:R3": LATE_REFUND}} if waits else {}
+        )  # no empty entry kept per profile
     return store_state(store), messages(p.out), commits
 
 
@@ -153,6 +174,8 @@ def test_chunks_give_the_store_and_messages_of_whole_batches(
     # the history covers what chunking could break
     types = {r[3] for r in state["outbox"]}
     assert {"profiles_merged", "guest_purchase", "points_expired"} <= types, types
+    reversed_for = {r[2] for r in state["outbox"] if r[3] == "points_reversed"}
+    assert "member:M2" in reversed_for  # the late refund, applied once its purchase came
     assert state["rejected"] and len(state["clock"]) == PARTS
     assert any(t == PROFILES and not v for t, v, _ in msgs)  # a merged profile's tombstone
     assert all(r[6] for r in state["outbox"])  # every row published and marked
