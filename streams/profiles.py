@@ -49,7 +49,7 @@ from app.domain.records import (
     record_from_cloudevent,
 )
 from app.domain.state import MemberState
-from streams.outbox import GUEST_PURCHASE, NewRow, Outbox
+from streams.outbox import GUEST_PURCHASE, NewRow, Outbox, OutboxRow
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.store import Store
@@ -73,6 +73,12 @@ WALL_SLACK = timedelta(seconds=5)
 #: wall-clock timer still finds due members without restoring the rest.
 HOT_STATES = int(os.environ.get("LOYALTY_CDP_HOT_STATES", "5000"))
 
+#: Profiles per transaction (``LOYALTY_CDP_PROFILE_CHUNK``): a batch's touched profiles are
+#: folded, written and published in chunks of at most this many, so the batch's working set
+#: (records read, loyalty events and their outbox payloads, the statements' array
+#: parameters, snapshots) is one chunk's, not the whole batch's (see ``ProfileStage._run``).
+PROFILE_CHUNK = int(os.environ.get("LOYALTY_CDP_PROFILE_CHUNK", "250"))
+
 
 def encode_tick(at: datetime) -> bytes:
     return orjson.dumps({"tick": at.astimezone(UTC).isoformat()})
@@ -94,8 +100,10 @@ class ProfileStage:
         now: Callable[[], datetime] = _wall_now,
         parsed: ParsedRecords | None = None,
         hot_limit: int = HOT_STATES,
+        chunk: int = PROFILE_CHUNK,
     ) -> None:
         self.program = program
+        self.chunk = chunk
         self.parsed = parsed
         self.hot_limit = hot_limit
         #: hot states, least recently used first (see :data:`HOT_STATES`)
@@ -181,86 +189,164 @@ class ProfileStage:
         ticks: dict[int, datetime],
         advance_all: bool,
     ) -> None:
+        """Apply ``touched`` profiles (and ``ticks``, the timer's due effects) in chunks of at
+        most :data:`PROFILE_CHUNK` profiles, each chunk its own transaction and publication.
+
+        Profiles are independent (a notification only says "read P again"; a merge's two
+        sides are two notifications), so a chunk commits and publishes like a batch of its
+        own and the working set of a batch is one chunk's. The first transaction locks every
+        partition of the batch and collects what a tick or the timer adds to ``touched``; a
+        tick's clock row is written in the *last* transaction, so ``clock tick`` sees the
+        partition done only when all of its profiles are. A crash between chunks leaves
+        committed chunks that a redelivery finds current (versions match) and the rest
+        undone: input offsets are acknowledged only when the whole batch returns.
+        """
         fresh = [p for p in parts if p not in self.owned]
         if fresh:
             self.outbox.reconcile(fresh)
+        with self.store.tx() as conn:
+            self.store.partition_locks(conn, parts)
+            target = self._collect(conn, parts, touched, ticks, advance_all)
+            # by partition: a chunk locks few partitions
+            order = sorted(touched, key=lambda pid: (self._part(pid), pid))
+            n = max(1, self.chunk)
+            chunks = [order[i : i + n] for i in range(0, len(order), n)] or [[]]
+            done = self._chunk(
+                conn, chunks[0], touched, ticks, advance_all, target, last=len(chunks) == 1
+            )
+        self._committed(*done)
+        for i, chunk in enumerate(chunks[1:], 2):
+            last = i == len(chunks)
+            with self.store.tx() as conn:
+                locks = {self._part(pid) for pid in chunk} | (set(ticks) if last else set())
+                self.store.partition_locks(conn, locks)
+                done = self._chunk(conn, chunk, touched, ticks, advance_all, target, last=last)
+            self._committed(*done)
+        self.owned.update(fresh)
+
+    def _collect(
+        self,
+        conn: Any,
+        parts: list[int],
+        touched: dict[str, bool],
+        ticks: dict[int, datetime],
+        advance_all: bool,
+    ) -> datetime | None:
+        """Add what ``ticks`` and due effects reach to ``touched``; returns the time to
+        advance the states to (None: the manual clock has never ticked)."""
+        if ticks:
+            # A tick must reach every profile of its partitions, including any another
+            # worker created while it owned the partition (the store, not this worker's
+            # cache, says which profiles exist).
+            for pid in self.store.profile_ids(conn):
+                if self._part(pid) in ticks:
+                    touched.setdefault(pid, False)
+        if self.manual:
+            # the clock as it will be once this batch's ticks are written (last chunk)
+            clock = self.store.clock(conn)
+            target = max([*ticks.values(), *([clock] if clock is not None else [])], default=None)
+        else:
+            target = self.now() - WALL_SLACK
+        if advance_all and target is not None:
+            # Profiles load lazily (a partition taken over loads nothing up front): the
+            # store's next_due index says which ones have an effect due.
+            for pid in self.store.due_profiles(conn, target):
+                if self._part(pid) in parts:
+                    touched.setdefault(pid, False)
+        # Cached states a tick or a due effect will write go through the same version
+        # check as notified ones: a profile erased or changed elsewhere meanwhile is
+        # reloaded (or retired), never re-saved from a stale cache. Only partitions this
+        # batch holds the lock of are written.
+        # (A plain notification batch has neither: no scan of every cached state.)
+        if ticks or advance_all:
+            locked = set(parts)
+            for pid, st in self.states.items():
+                part = self._part(pid)
+                if part in ticks or (
+                    advance_all and target is not None and part in locked and st.next_due <= target
+                ):
+                    touched.setdefault(pid, False)
+        return target
+
+    def _chunk(
+        self,
+        conn: Any,
+        pids: list[str],
+        touched: dict[str, bool],
+        ticks: dict[int, datetime],
+        advance_all: bool,
+        target: datetime | None,
+        last: bool,
+    ) -> tuple[
+        dict[str, dict[str, Any]],
+        dict[str, int],
+        list[str],
+        set[str],
+        list[tuple[Record, str]],
+        list[OutboxRow],
+        list[OutboxRow],
+    ]:
+        """One chunk's transaction: fold, advance, write; returns what to do after commit."""
         events: list[LoyaltyEvent] = []
         guests: list[NewRow] = []
         rejected: list[tuple[Record, str]] = []
-        with self.store.tx() as conn:
-            self.store.partition_locks(conn, parts)
-            if ticks:
-                # A tick must reach every profile of its partitions, including any another
-                # worker created while it owned the partition (the store, not this worker's
-                # cache, says which profiles exist).
-                for pid in self.store.profile_ids(conn):
-                    if self._part(pid) in ticks:
-                        touched.setdefault(pid, False)
+        mine = {pid: touched[pid] for pid in pids}
+        changed, gone, db_versions = self._refresh(conn, mine, events, guests, rejected)
+        # A tick re-snapshots every profile of its partitions (their as_of moves to the
+        # tick; _collect put every cached one in ``touched``); the wall-clock timer writes
+        # only profiles that an effect changed.
+        if ticks:
+            changed |= {pid for pid in mine if pid in self.states and self._part(pid) in ticks}
+        candidates: set[str] = set()
+        if target is not None:
+            # every state due in a locked partition was put in ``touched`` by _collect
+            candidates = (
+                {pid for pid in mine if pid in self.states} | changed if advance_all else changed
+            )
+            for pid in candidates:
+                st = self.states[pid]
+                if st.as_of is None or target > st.as_of:
+                    new = st.advance_to(target)
+                    if new:
+                        events.extend(new)
+                        changed.add(pid)
+        docs = {pid: self.states[pid].snapshot() for pid in sorted(changed)}
+        versions = {pid: db_versions.get(pid, 0) + 1 for pid in docs}
+        due = {pid: self.states[pid].next_due for pid in docs}
+        self.store.upsert_profiles(conn, docs, versions, due)
+        self.store.set_due(
+            conn,
+            {
+                pid: st.next_due
+                for pid in (mine.keys() | candidates) - changed
+                if (st := self.states.get(pid)) is not None and pid in db_versions
+            },
+        )
+        self.store.delete_profiles(conn, gone)
+        self.store.reject(conn, [(r.record_id, why) for r, why in rejected])
+        parts_of = {e.profile_id: self._part(e.profile_id) for e in events}
+        new_events = self.outbox.add(conn, events, parts_of)
+        new_guests = self.outbox.insert(conn, guests)
+        if last:
             for p, at in ticks.items():
                 self.store.set_clock(conn, p, at)
-            target = self.store.clock(conn) if self.manual else self.now() - WALL_SLACK
-            if advance_all and target is not None:
-                # Profiles load lazily (a partition taken over loads nothing up front): the
-                # store's next_due index says which ones have an effect due.
-                for pid in self.store.due_profiles(conn, target):
-                    if self._part(pid) in parts:
-                        touched.setdefault(pid, False)
-            # Cached states a tick or a due effect will write go through the same version
-            # check as notified ones: a profile erased or changed elsewhere meanwhile is
-            # reloaded (or retired), never re-saved from a stale cache. Only partitions this
-            # batch holds the lock of are written.
-            # (A plain notification batch has neither: no scan of every cached state.)
-            if ticks or advance_all:
-                locked = set(parts)
-                for pid, st in self.states.items():
-                    part = self._part(pid)
-                    if part in ticks or (
-                        advance_all and target is not None and part in locked
-                        and st.next_due <= target
-                    ):
-                        touched.setdefault(pid, False)
-            changed, gone, db_versions = self._refresh(conn, touched, events, guests, rejected)
-            # A tick re-snapshots every profile of its partitions (their as_of moves to the
-            # tick); the wall-clock timer writes only profiles that an effect changed.
-            if ticks:
-                changed |= {pid for pid in self.states if self._part(pid) in ticks}
-            candidates: set[str] = set()
-            if target is not None:
-                # every state due in a locked partition was put in ``touched`` above
-                candidates = (
-                    {pid for pid in touched if pid in self.states} | changed
-                    if advance_all
-                    else changed
-                )
-                for pid in candidates:
-                    st = self.states[pid]
-                    if st.as_of is None or target > st.as_of:
-                        new = st.advance_to(target)
-                        if new:
-                            events.extend(new)
-                            changed.add(pid)
-            docs = {pid: self.states[pid].snapshot() for pid in sorted(changed)}
-            versions = {pid: db_versions.get(pid, 0) + 1 for pid in docs}
-            due = {pid: self.states[pid].next_due for pid in docs}
-            self.store.upsert_profiles(conn, docs, versions, due)
-            self.store.set_due(
-                conn,
-                {
-                    pid: st.next_due
-                    for pid in (touched.keys() | candidates) - changed
-                    if (st := self.states.get(pid)) is not None and pid in db_versions
-                },
-            )
-            self.store.delete_profiles(conn, gone)
-            self.store.reject(conn, [(r.record_id, why) for r, why in rejected])
-            parts_of = {e.profile_id: self._part(e.profile_id) for e in events}
-            new_events = self.outbox.add(conn, events, parts_of)
-            new_guests = self.outbox.insert(conn, guests)
-        self.owned.update(fresh)
+        return docs, versions, gone, mine.keys() | changed, rejected, new_events, new_guests
+
+    def _committed(
+        self,
+        docs: dict[str, dict[str, Any]],
+        versions: dict[str, int],
+        gone: list[str],
+        used: set[str],
+        rejected: list[tuple[Record, str]],
+        new_events: list[OutboxRow],
+        new_guests: list[OutboxRow],
+    ) -> None:
+        """After a chunk's commit: the cache follows the store, then publication."""
         self.versions.update(versions)
         for pid in gone:
             self._forget(pid)
-        self._keep_hot(touched.keys() | changed)
+        self._keep_hot(used)
         self._publish(docs, gone, rejected)
         self.outbox.publish([*new_events, *new_guests])
         self.counts["profiles_written"] += len(docs)
@@ -312,12 +398,14 @@ class ProfileStage:
             st = self.states.get(pid)
             if st is None:
                 st = self.states[pid] = MemberState(self.program, pid)
-            pending = self.pending.setdefault(pid, {})
+            pending = self.pending.pop(pid, None) or {}
             parsed = [(self._record(rid, p), p) for _, rid, p in rows]
             parsed.sort(key=lambda rp: rp[0].sort_key())
             for r, _ in parsed:
                 self._apply(st, r, pending, events, rejected)
             self._retry(st, pending, events, rejected)
+            if pending:  # kept only while a refund waits (an empty dict is 64 bytes a profile)
+                self.pending[pid] = pending
             enrolled = st.fold.enrolled_at
             guests.extend(
                 self._guest_purchase(pid, p)

@@ -22,7 +22,10 @@ from streams.topics import CANONICAL, RESOLVED
 
 log = logging.getLogger("loyalty_cdp.stages")
 
-BATCH = 5000
+#: Messages a stage takes per batch (``LOYALTY_CDP_STAGE_BATCH``). The profile stage writes a
+#: batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``); the identity stage resolves a
+#: batch in one transaction, so its working set grows with this.
+BATCH = int(os.environ.get("LOYALTY_CDP_STAGE_BATCH", "5000"))
 #: Faust flushes a take buffer at least this often (``LOYALTY_CDP_BATCH_WITHIN_MS``). Each
 #: stage waits up to this long before it starts a batch, so it adds to the end-to-end latency
 #: twice (identity, profiles); longer waits make fewer, larger batches (fewer transactions).
@@ -58,12 +61,14 @@ def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileSt
     async def identity_agent(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             await run(ident_exec, identity.process, [e.message for e in events])
+            del events  # not kept (messages and all) while the stream is idle
 
     @app.agent(resolved, name="profiles")
     async def profiles_agent(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
             notes = [(e.message.partition, e.message.value) for e in events]
             await run(prof_exec, profiles.process, notes)
+            del events, notes
 
     @app.timer(1.0)
     async def wall_clock() -> None:

@@ -39,6 +39,7 @@ from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
 from streams.decisioning import register_decisioning
 from streams.identity import IdentityStage
+from streams.malloc_trim import register_malloc_trim
 from streams.metrics import register_metrics
 from streams.outbox import Outbox
 from streams.parsed_records import ParsedRecords
@@ -81,6 +82,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     register_stages(app, identity, profiles)
     register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
+    register_malloc_trim(app)
 
     @app.page("/healthz")
     class Health(View):

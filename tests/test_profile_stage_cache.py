@@ -70,20 +70,22 @@ def test_cold_states_and_handed_records_give_the_same_profiles(store: Store) -> 
     assert parsed.hits > 0 and len(parsed) == 0  # every inserted record was taken once
 
 
+@pytest.mark.parametrize("chunk", [10_000, 2])
 def test_a_restarted_worker_loads_only_due_profiles_and_applies_their_effects(
-    store: Store,
+    store: Store, chunk: int
 ) -> None:
     """Wall clock: after a restart the timer finds due members through the store's
     next_due index (nothing is loaded up front) and gives the same profiles as a worker
-    that kept every state in memory."""
+    that kept every state in memory (and wrote whole batches; the restarted one writes
+    chunks of ``chunk`` profiles)."""
     clock = {"now": at(12)}
 
     def now() -> Any:
         return clock["now"] + WALL_SLACK
 
-    def stage(p: Pipeline) -> ProfileStage:
+    def stage(p: Pipeline, chunk: int = 10_000) -> ProfileStage:
         prof = ProfileStage(PROGRAM, store, p.out, p.profiles.outbox, PARTS, clock="wall",
-                            now=now)
+                            now=now, chunk=chunk)
         prof.assign(range(PARTS))
         return prof
 
@@ -99,7 +101,7 @@ def test_a_restarted_worker_loads_only_due_profiles_and_applies_their_effects(
         p.profiles = stage(p)
         p.profiles.advance_wall_clock()  # everything as of day 12
         if restart:
-            p.profiles = stage(p)  # empty cache, nothing loaded
+            p.profiles = stage(p, chunk)  # empty cache, nothing loaded
         clock["now"] = at(340)  # expiring notices (30 days before day 367+) are due
         p.profiles.advance_wall_clock()
         loaded = len(p.profiles.states)
