@@ -107,7 +107,7 @@ class Outbox:
             f"INSERT INTO {self.table} (event_id, partition, profile_id, type, key, payload)"
             " SELECT * FROM unnest(%(ids)b::text[], %(parts)b::int[], %(pids)b::text[],"
             " %(types)b::text[], %(keys)b::text[], %(payloads)b::bytea[])"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id, key, payload, type",
+            " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
             {
                 "ids": list(uniq),
                 "parts": [r.partition for r in uniq.values()],
@@ -117,10 +117,14 @@ class Outbox:
                 "payloads": [r.payload for r in uniq.values()],
             },
         )
-        return sorted(
-            (OutboxRow(r[0], r[1], r[2], bytes(r[3]), self.topic_of(r[4])) for r in rows),
-            key=lambda r: r.seq,
-        )
+        # the inserted rows are the values sent: only their seq comes back (returning the
+        # payloads too held a second and third copy of a chunk's payloads, as the result and
+        # as Python bytes: ~5 MB of 2,700 loyalty events in the bench)
+        out = []
+        for seq, eid in rows:
+            sent = uniq[eid]
+            out.append(OutboxRow(seq, eid, sent.key, sent.payload, self.topic_of(sent.type)))
+        return sorted(out, key=lambda r: r.seq)
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Produce, wait for every acknowledgement, then mark the rows published."""

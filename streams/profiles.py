@@ -9,11 +9,12 @@ them with the domain core, which handles late records exactly. A cached state is
 while the profile's ``version`` in the store is the one this worker wrote last, so a state
 changed by another worker (before a rebalance) is reloaded, never overwritten.
 
-Per batch, in one transaction: the new snapshots (``profiles`` + identifier index), retired
-profiles (absorbed by a merge or renamed), refused records, and the loyalty events and guest
-purchase moments into the outbox (deduplicated by id). After commit: snapshots to
-``cdp.profiles`` (compacted; tombstones for retired profiles), the new events to
-``loyalty.events`` and the new guest purchase moments to ``cdp.guest_purchases``.
+Per chunk of at most ``LOYALTY_CDP_PROFILE_CHUNK`` of a batch's profiles, in one transaction:
+the new snapshots (``profiles`` + identifier index), retired profiles (absorbed by a merge or
+renamed), refused records, and the loyalty events and guest purchase moments into the outbox
+(deduplicated by id). After its commit: snapshots to ``cdp.profiles`` (compacted; tombstones
+for retired profiles), the new events to ``loyalty.events`` and the new guest purchase
+moments to ``cdp.guest_purchases``. The batch's input is acknowledged after its last chunk.
 
 Guest purchases (a purchase by a profile not enrolled at the purchase's time) are the
 decisioning agent's purchase moments for non-members. Every fold of a profile, incremental or

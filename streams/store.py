@@ -1,9 +1,9 @@
 """The profile store (PostgreSQL ``cdp`` database) as the stream stages use it.
 
 SQLAlchemy 2 Core over psycopg 3; every statement is parameterised. One transaction per
-batch: the stages do all of a batch's reads and writes inside it, so a crash leaves either
-the whole batch or nothing. Why the store, not Faust changelog tables, holds the durable
-state is in the README ("Architecture").
+batch (the profile stage: per chunk of a batch's profiles): a stage does all of its reads and
+writes inside it, so a crash leaves either all of it or nothing. Why the store, not Faust
+changelog tables, holds the durable state is in the README ("Architecture").
 """
 
 from __future__ import annotations
