@@ -8,6 +8,7 @@ Secrets never live here: they come from the environment of the process that need
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.stack.errors import StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -38,12 +41,54 @@ class Settings(BaseSettings):
     cdc_poll_interval_ms: int = Field(100, ge=1, le=60_000)
 
 
-def settings() -> Settings:
-    """The settings from the environment; a bad ``LOYALTY_CDP_*`` value is a one-line
-    :class:`StackError` naming the variable (the CLI prints it and exits 1)."""
+class WorkerTuning(BaseSettings):
+    """The stream worker's tuning (``LOYALTY_CDP_*``), read when the worker builds its app.
+
+    ``up`` and the worker read them before anything starts, so a bad value is one line
+    naming the variable, not a traceback in a worker log. Figures behind the defaults are in
+    the README (Benchmarks) and the docstrings of the modules that use them.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_CDP_", extra="ignore")
+
+    #: Member states kept hot per worker; the least recently used beyond this are compacted
+    #: to their stored form (~1.5 KB) and restored on their next use (streams/profiles.py).
+    hot_states: int = Field(5000, ge=1)
+    #: Profiles per profile-stage transaction: a batch is folded, written and published in
+    #: chunks of this many, so its working set is one chunk's (streams/profiles.py).
+    profile_chunk: int = Field(250, ge=1)
+    #: Messages a stage takes per batch (streams/stages.py).
+    stage_batch: int = Field(5000, ge=1, le=100_000)
+    #: Longest wait of a stage to fill a batch; each stage adds up to this to the latency.
+    batch_within_ms: int = Field(200, ge=1, le=60_000)
+    #: Messages an agent's stream queues ahead of its take buffer (streams/app.py).
+    stream_buffer: int = Field(4096, ge=64, le=1_000_000)
+    #: RSS growth after which the worker returns free C-heap memory (streams/malloc_trim.py);
+    #: 0 = off.
+    malloc_trim_mb: int = Field(16, ge=0)
+    #: The consumers' fetch wait (streams/faust_patches.py).
+    fetch_max_wait_ms: int = Field(20, ge=1, le=10_000)
+    #: False restores Faust's own per-message delivery (streams/faust_patches.py).
+    faust_batched_drain: bool = True
+    #: Loopback port of the Faust web server behind the worker's API process (0: a free one).
+    internal_web_port: int = Field(0, ge=0, le=65_535)
+
+
+def _load(cls: type[_S]) -> _S:
     try:
-        return Settings()
+        return cls()
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "LOYALTY_CDP_" + "_".join(str(p) for p in err["loc"]).upper()
         raise StackError(f"{name}: {err['msg']}") from None
+
+
+def settings() -> Settings:
+    """The settings from the environment; a bad ``LOYALTY_CDP_*`` value is a one-line
+    :class:`StackError` naming the variable (the CLI prints it and exits 1)."""
+    return _load(Settings)
+
+
+def worker_tuning() -> WorkerTuning:
+    """The worker's tuning from the environment (errors as :func:`settings`)."""
+    return _load(WorkerTuning)

@@ -8,24 +8,16 @@ first group join takes ~25 s) and are fine for Kafka too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 
+from app.settings import worker_tuning
 from streams import faust_patches
 
-__all__ = ["STREAM_BUFFER", "WorkerSettings", "build_app"]
-
-#: Messages an agent's stream queues ahead of its take buffer (``LOYALTY_CDP_STREAM_BUFFER``,
-#: Faust's default 4096; was 16384); when the queue is full the consumer pauses the partition.
-#: It bounds how much of a burst sits fetched in the worker: `bench pipeline`, 2 runs each,
-#: 16384 / 4096 / 1024: rss_bytes_per_member 39.4-42.2 / 36.6-39.0 / 32.7-35.3 KB,
-#: rss_bytes_per_added_member 15.9-20.0 / 13.3-14.0 / 17.3-21.5 KB, events_per_s 744-971 /
-#: 910-1,341 / 579-665 (1024 starves the stages).
-STREAM_BUFFER = int(os.environ.get("LOYALTY_CDP_STREAM_BUFFER", "4096"))
+__all__ = ["WorkerSettings", "build_app"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,17 @@ class _App(faust.App):
 
 
 def build_app(cfg: WorkerSettings) -> faust.App:
-    faust_patches.apply()
+    """The worker's Faust app.
+
+    ``stream_buffer_maxsize`` (``LOYALTY_CDP_STREAM_BUFFER``, Faust's default 4096; was
+    16384): messages an agent's stream queues ahead of its take buffer; when the queue is
+    full the consumer pauses the partition. It bounds how much of a burst sits fetched in
+    the worker: `bench pipeline`, 2 runs each, 16384 / 4096 / 1024: rss_bytes_per_member
+    39.4-42.2 / 36.6-39.0 / 32.7-35.3 KB, rss_bytes_per_added_member 15.9-20.0 / 13.3-14.0 /
+    17.3-21.5 KB, events_per_s 744-971 / 910-1,341 / 579-665 (1024 starves the stages).
+    """
+    tuning = worker_tuning()
+    faust_patches.apply(tuning.fetch_max_wait_ms, tuning.faust_batched_drain)
     return _App(
         cfg.app_id,
         broker=",".join(f"kafka://{b}" for b in cfg.broker.split(",")),
@@ -71,7 +73,7 @@ def build_app(cfg: WorkerSettings) -> faust.App:
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
-        stream_buffer_maxsize=STREAM_BUFFER,
+        stream_buffer_maxsize=tuning.stream_buffer,
         broker_max_poll_records=2000,
         producer_linger_ms=2,
         topic_partitions=8,

@@ -2,8 +2,8 @@
 
 1. **Fetch wait.** faust-streaming hard-codes a 1,500 ms ``fetch_max_wait_ms``; the embedded
    broker (Tansu) holds a fetch until this timeout even when data arrives, which put ~0.5 s
-   on every hop of the pipeline. :data:`FETCH_MAX_WAIT_MS` (default 20 ms) replaces it; a
-   short wait costs a few idle requests per second.
+   on every hop of the pipeline. :data:`FETCH_MAX_WAIT_MS` (default 20 ms) replaces it
+   (``LOYALTY_CDP_FETCH_MAX_WAIT_MS``); a short wait costs a few idle requests per second.
 
 2. **One wait per fetched batch, not per message.** ``Consumer._drain_messages`` hands every
    message to the agents through ``wait_first(callback(message), suspend_flow.wait())``,
@@ -25,21 +25,24 @@ joining and leaving mid-stream) run real workers with them.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, cast
 
-__all__ = ["FETCH_MAX_WAIT_MS", "apply"]
+__all__ = ["apply", "fetch_max_wait_ms"]
 
-FETCH_MAX_WAIT_MS = int(os.environ.get("LOYALTY_CDP_FETCH_MAX_WAIT_MS", "20"))
+#: The fetch wait every consumer created from now on gets (set by :func:`apply`).
+fetch_max_wait_ms = 20
 
 _YIELD_EVERY = 100  # Faust's own: give the loop a turn every 100 messages
 
 
-def apply() -> None:
-    """Install both patches (idempotent); ``LOYALTY_CDP_FAUST_BATCHED_DRAIN=0`` keeps
-    Faust's own per-message drain (an escape hatch, and the A/B of the benchmark)."""
+def apply(fetch_wait_ms: int = 20, batched_drain: bool = True) -> None:
+    """Install the patches (idempotent). ``fetch_wait_ms`` is ``LOYALTY_CDP_FETCH_MAX_WAIT_MS``;
+    ``batched_drain=False`` (``LOYALTY_CDP_FAUST_BATCHED_DRAIN=0``) keeps Faust's own
+    per-message drain (an escape hatch, and the A/B of the benchmark)."""
+    global fetch_max_wait_ms
+    fetch_max_wait_ms = fetch_wait_ms
     _short_fetch_wait()
-    if os.environ.get("LOYALTY_CDP_FAUST_BATCHED_DRAIN", "1") != "0":
+    if batched_drain:
         _batched_drain()
 
 
@@ -54,7 +57,7 @@ def _short_fetch_wait() -> None:
         _loyalty_cdp_patched = True
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = FETCH_MAX_WAIT_MS
+            kwargs["fetch_max_wait_ms"] = fetch_max_wait_ms
             super().__init__(*args, **kwargs)
 
     driver.aiokafka.AIOKafkaConsumer = Consumer

@@ -24,11 +24,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from app.settings import worker_tuning
+
 __all__ = ["Trimmer", "register_malloc_trim", "rss_bytes"]
 
 log = logging.getLogger("loyalty_cdp.malloc_trim")
 
-TRIM_MB = int(os.environ.get("LOYALTY_CDP_MALLOC_TRIM_MB", "16"))
 PERIOD_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -80,9 +81,10 @@ class Trimmer:
 
 def register_malloc_trim(app: Any) -> Trimmer | None:
     trim = _glibc_trim()
-    if TRIM_MB <= 0 or trim is None or not rss_bytes():
+    trim_mb = worker_tuning().malloc_trim_mb
+    if trim_mb <= 0 or trim is None or not rss_bytes():
         return None
-    trimmer = Trimmer(TRIM_MB << 20, trim)
+    trimmer = Trimmer(trim_mb << 20, trim)
 
     @app.timer(PERIOD_S)  # type: ignore[misc]
     async def malloc_trim() -> None:

@@ -31,7 +31,6 @@ messages, which every partition applies in order with its notifications.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ from app.domain.records import (
     record_from_cloudevent,
 )
 from app.domain.state import MemberState
+from app.settings import worker_tuning
 from streams.outbox import GUEST_PURCHASE, NewRow, Outbox, OutboxRow
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
@@ -68,17 +68,6 @@ __all__ = ["ProfileStage", "encode_tick"]
 WALL_SLACK = timedelta(seconds=5)
 
 
-#: States kept hot (history and live fold as objects) per worker; the least recently used
-#: beyond this are compacted to their stored form (~1.5 KB, ``MemberState.compact``) and
-#: restored on their next use. ``next_due``/``as_of`` stay readable while cold, so the
-#: wall-clock timer still finds due members without restoring the rest.
-HOT_STATES = int(os.environ.get("LOYALTY_CDP_HOT_STATES", "5000"))
-
-#: Profiles per transaction (``LOYALTY_CDP_PROFILE_CHUNK``): a batch's touched profiles are
-#: folded, written and published in chunks of at most this many, so the batch's working set
-#: (records read, loyalty events and their outbox payloads, the statements' array
-#: parameters, snapshots) is one chunk's, not the whole batch's (see ``ProfileStage._run``).
-PROFILE_CHUNK = int(os.environ.get("LOYALTY_CDP_PROFILE_CHUNK", "250"))
 
 
 def encode_tick(at: datetime) -> bytes:
@@ -100,14 +89,24 @@ class ProfileStage:
         clock: str = "wall",
         now: Callable[[], datetime] = _wall_now,
         parsed: ParsedRecords | None = None,
-        hot_limit: int = HOT_STATES,
-        chunk: int = PROFILE_CHUNK,
+        hot_limit: int | None = None,
+        chunk: int | None = None,
     ) -> None:
+        """``hot_limit``: states kept hot (history and live fold as objects); the least
+        recently used beyond it are compacted to their stored form (~1.5 KB,
+        ``MemberState.compact``) and restored on their next use; ``next_due``/``as_of`` stay
+        readable while cold, so the wall-clock timer finds due members without restoring the
+        rest. ``chunk``: profiles per transaction; a batch's touched profiles are folded,
+        written and published in chunks of at most this many, so the batch's working set
+        (records read, loyalty events and their outbox payloads, the statements' array
+        parameters, snapshots) is one chunk's (see :meth:`_run`). Defaults:
+        ``LOYALTY_CDP_HOT_STATES`` and ``LOYALTY_CDP_PROFILE_CHUNK``."""
+        tuning = worker_tuning()
         self.program = program
-        self.chunk = chunk
+        self.chunk = tuning.profile_chunk if chunk is None else chunk
         self.parsed = parsed
-        self.hot_limit = hot_limit
-        #: hot states, least recently used first (see :data:`HOT_STATES`)
+        self.hot_limit = tuning.hot_states if hot_limit is None else hot_limit
+        #: hot states, least recently used first (see ``hot_limit``)
         self._hot: dict[str, None] = {}
         self.store = store
         self.out = out
@@ -191,7 +190,7 @@ class ProfileStage:
         advance_all: bool,
     ) -> None:
         """Apply ``touched`` profiles (and ``ticks``, the timer's due effects) in chunks of at
-        most :data:`PROFILE_CHUNK` profiles, each chunk its own transaction and publication.
+        most ``self.chunk`` profiles, each chunk its own transaction and publication.
 
         Profiles are independent (a notification only says "read P again"; a merge's two
         sides are two notifications), so a chunk commits and publishes like a batch of its

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import faust
 
+from app.settings import worker_tuning
 from streams.identity import IdentityStage
 from streams.profiles import ProfileStage
 from streams.topics import CANONICAL, RESOLVED
 
 log = logging.getLogger("loyalty_cdp.stages")
 
-#: Messages a stage takes per batch (``LOYALTY_CDP_STAGE_BATCH``). The profile stage writes a
-#: batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``); the identity stage resolves a
-#: batch in one transaction, so its working set grows with this.
-BATCH = int(os.environ.get("LOYALTY_CDP_STAGE_BATCH", "5000"))
-#: Faust flushes a take buffer at least this often (``LOYALTY_CDP_BATCH_WITHIN_MS``). Each
-#: stage waits up to this long before it starts a batch, so it adds to the end-to-end latency
-#: twice (identity, profiles); longer waits make fewer, larger batches (fewer transactions).
-WITHIN_S = int(os.environ.get("LOYALTY_CDP_BATCH_WITHIN_MS", "200")) / 1000
 
 
 async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> Any:
@@ -48,6 +40,17 @@ async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> 
 
 
 def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
+    """The two stage agents, the profile stage's wall-clock timer and rebalance callbacks.
+
+    Batch size and wait (``LOYALTY_CDP_STAGE_BATCH``, ``LOYALTY_CDP_BATCH_WITHIN_MS``): the
+    profile stage writes a batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``); the
+    identity stage resolves a batch in one transaction, so its working set grows with the
+    batch size. Faust flushes a take buffer at least every ``within``: each stage waits up to
+    that long before it starts a batch, so it adds to the end-to-end latency twice (identity,
+    profiles); longer waits make fewer, larger batches (fewer transactions).
+    """
+    tuning = worker_tuning()
+    batch, within = tuning.stage_batch, tuning.batch_within_ms / 1000
     ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
     prof_exec = ThreadPoolExecutor(1, thread_name_prefix="profiles")
 
@@ -59,13 +62,13 @@ def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileSt
 
     @app.agent(canonical, name="identity")
     async def identity_agent(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
+        async for events in stream.take_events(batch, within=within):
             await run(ident_exec, identity.process, [e.message for e in events])
             del events  # not kept (messages and all) while the stream is idle
 
     @app.agent(resolved, name="profiles")
     async def profiles_agent(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(BATCH, within=WITHIN_S):
+        async for events in stream.take_events(batch, within=within):
             notes = [(e.message.partition, e.message.value) for e in events]
             await run(prof_exec, profiles.process, notes)
             del events, notes

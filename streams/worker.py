@@ -28,7 +28,7 @@ from faust.web import Request, Response, View
 from app.cdc.connectors import change_topics, load_connectors
 from app.domain.program import load_program
 from app.mapping.engine import Mapper
-from app.settings import settings
+from app.settings import settings, worker_tuning
 from app.stack.errors import StackError
 from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-host", default="127.0.0.1", help="bind address of the web server")
     parser.add_argument(
         "--internal-web-port", type=int,
-        default=int(os.environ.get("LOYALTY_CDP_INTERNAL_WEB_PORT", "0")),
-        help="loopback port of the Faust web server behind the API process (0: a free one)",
+        default=None,
+        help="loopback port of the Faust web server behind the API process"
+        " (default $LOYALTY_CDP_INTERNAL_WEB_PORT, else a free one)",
     )
     parser.add_argument("--loglevel", default="warn")
     args = parser.parse_args(argv)
@@ -139,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         nice = stream_nice()
         decisions_nice()  # read again by the decisioning process when it starts
         cache_size()  # the API process's setting: refused here, before anything starts
+        tuning = worker_tuning()  # read again where each is used; refused here first
     except (StackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    internal = args.internal_web_port or free_port()
+    internal = args.internal_web_port or tuning.internal_web_port or free_port()
     cfg = WorkerSettings(
         broker=broker,
         web_port=internal,  # the Faust web server, behind the API process

@@ -132,6 +132,9 @@ def test_up_with_a_bad_stream_nice_starts_nothing(tmp_path: Path, value: str) ->
         ("LOYALTY_CDP_CDC_POLL_INTERVAL_MS", "0"),
         ("LOYALTY_CDP_OFFSET_FLUSH_INTERVAL_MS", "soon"),
         ("LOYALTY_CDP_DECISIONS_NICE", "20"),
+        ("LOYALTY_CDP_PROFILE_CHUNK", "0"),
+        ("LOYALTY_CDP_STAGE_BATCH", "many"),
+        ("LOYALTY_CDP_FAUST_BATCHED_DRAIN", "maybe"),
     ],
 )
 def test_up_with_a_bad_setting_starts_nothing(tmp_path: Path, name: str, value: str) -> None:

@@ -37,7 +37,7 @@ def test_fetch_wait_is_passed_to_aiokafka() -> None:
         finally:
             await consumer.stop()
 
-    assert asyncio.run(wait_ms()) == faust_patches.FETCH_MAX_WAIT_MS
+    assert asyncio.run(wait_ms()) == faust_patches.fetch_max_wait_ms == 20
 
 
 def test_the_monitor_is_not_a_sensor(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from app.cdc.connectors import ConnectorSpec, change_topics, load_connectors
 from app.cdc.java import find_jvm
 from app.cdc.runner import CLEAN_MARKER
 from app.db.migrate import SOURCE_DATABASES, STORE_DATABASE, database_dsn, upgrade_all
-from app.settings import settings
+from app.settings import settings, worker_tuning
 from app.stack import postgres
 from app.stack.broker import start_broker, wait_listening
 from app.stack.errors import StackError
@@ -111,7 +111,8 @@ def up(
     specs = _connectors()
     state = _choose_state(paths, pg_port, broker_port, api_port, clock)
     nice = stream_nice()  # a bad value fails here, before anything is saved or started
-    decisions_nice()  # the worker's setting, refused here too
+    decisions_nice()  # the worker's settings, refused here too
+    worker_tuning()
     _check_ports(paths, state, with_worker=with_worker)  # before anything is saved or started
     paths.save(state)
     t0 = time.monotonic()
