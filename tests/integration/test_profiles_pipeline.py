@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -97,6 +98,7 @@ def manual_stack(prefix: str) -> Iterator[Run]:
 
     Not under pytest's basetemp: concurrent pytest sessions rotate (delete) old basetemp
     directories, which would pull the data directory from under a running PostgreSQL.
+    ``LOYALTY_CDP_TEST_KEEP_STATE=1`` keeps the directory (logs, PostgreSQL data) afterwards.
     """
     state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
@@ -111,7 +113,8 @@ def manual_stack(prefix: str) -> Iterator[Run]:
         try:
             embedded.down(state_dir, drain_timeout=10)
         finally:
-            shutil.rmtree(state_dir, ignore_errors=True)
+            if not os.environ.get("LOYALTY_CDP_TEST_KEEP_STATE"):  # to look into a failure
+                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +205,35 @@ def pipeline_profiles(r: Run) -> tuple[dict[str, dict[str, Any]], list[dict[str,
     return {pid: dict(doc) for pid, doc in rows}, exported
 
 
+def _where_records_went(r: Run, pids: list[str]) -> str:
+    """For a failure message: which stage lost a differing profile's records.
+
+    A record the offline fold gave the profile but the store's ``records`` table does not
+    hold under it was lost before the profile stage (CDC, mapping or identity); if the store
+    holds every one of them, the profile stage folded the wrong set.
+    """
+    core = offline_fold(r).core
+    lines = []
+    with psycopg.connect(r.store_dsn) as conn:
+        for pid in pids:
+            want = {rec.record_id for rec in core.states[pid].records}
+            rows = conn.execute(
+                "SELECT record_id, profile_id, seq FROM records WHERE record_id = ANY(%s)"
+                " OR profile_id = %s",
+                (sorted(want), pid),
+            ).fetchall()
+            under = {rid for rid, p, _ in rows if p == pid}
+            elsewhere = {rid: p for rid, p, _ in rows if p != pid}
+            absent = sorted(want - under - set(elsewhere))
+            lines.append(
+                f"{pid}: offline {len(want)} records, store {len(under)} under it;"
+                f" not in the store: {absent}; under another profile: {elsewhere};"
+                f" extra in the store: {sorted(under - want)}"
+                + ("" if absent or elsewhere or under != want else " -> the profile stage")
+            )
+    return "where the records went:\n" + "\n".join(lines)
+
+
 def _canon(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True)
 
@@ -235,6 +267,8 @@ def assert_profiles_match(r: Run, label: str) -> None:
         )
     if len(differing) > 10:
         problems.append(f"... and {len(differing) - 10} more differing profiles")
+    if differing:
+        problems.append(_where_records_went(r, differing[:10]))
     assert not problems, f"[{label}] {len(want)} expected profiles:\n" + "\n".join(problems)
     # the CLI's export (profile ids are not part of the document): same multiset of documents
     assert sorted(map(_canon, exported)) == sorted(map(_canon, want.values())), label
