@@ -1,8 +1,8 @@
-"""Two measured fixes to faust-streaming 0.15's consumer, applied by :func:`apply`.
+"""Three fixes to faust-streaming 0.15's consumer and streams, applied by :func:`apply`.
 
 1. **Fetch wait.** faust-streaming hard-codes a 1,500 ms ``fetch_max_wait_ms``; the embedded
    broker (Tansu) holds a fetch until this timeout even when data arrives, which put ~0.5 s
-   on every hop of the pipeline. :data:`FETCH_MAX_WAIT_MS` (default 20 ms) replaces it
+   on every hop of the pipeline. :data:`fetch_max_wait_ms` (default 20 ms) replaces it
    (``LOYALTY_CDP_FETCH_MAX_WAIT_MS``); a short wait costs a few idle requests per second.
 
 2. **One wait per fetched batch, not per message.** ``Consumer._drain_messages`` hands every
@@ -14,9 +14,21 @@
    ``wait_first``: the same race against a flow suspension (a rebalance), with the same
    outcome (what was fetched but not yet delivered is dropped and re-read from the committed
    offsets after the rebalance), at one set of tasks per fetch. The offset, gap and
-   commit-every bookkeeping per message is Faust's own, unchanged.
+   commit-every bookkeeping per message is Faust's own, unchanged; a message whose delivery
+   outlived a flow stop or a new generation does not move the read offset (see
+   ``_drain_messages``).
 
-Both are monkeypatches of a pinned dependency (``faust-streaming>=0.15,<0.16`` in
+3. **A batch is acknowledged only when the agent finished it.** ``Stream.take_events`` acks
+   the events of the batch it yielded in a ``finally``: also when the agent's loop body
+   raised or was cancelled. A worker that stops (SIGTERM) cancels its agents first and
+   commits its acknowledged offsets last, so a batch whose work was cancelled, or never ran
+   (a profile batch queued on its stage thread behind the wall-clock timer), was committed
+   as done and its messages never reached the next owner of the partition: the rebalance
+   test once lost a purchase this way. The replacement acks a batch only when the agent
+   asks for the next one; an unfinished batch stays unacknowledged and is redelivered to
+   whoever owns the partition next (at-least-once; the stages are idempotent).
+
+All are monkeypatches of a pinned dependency (``faust-streaming>=0.15,<0.16`` in
 pyproject); ``tests/test_faust_patches.py`` checks they are in place, and the integration
 tests (``test_profiles_pipeline``, ``test_rebalance``: exact results with a worker killed,
 joining and leaving mid-stream) run real workers with them.
@@ -25,6 +37,7 @@ joining and leaving mid-stream) run real workers with them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 __all__ = ["apply", "fetch_max_wait_ms"]
@@ -44,6 +57,7 @@ def apply(fetch_wait_ms: int = 20, batched_drain: bool = True) -> None:
     _short_fetch_wait()
     if batched_drain:
         _batched_drain()
+    _ack_finished_batches_only()
 
 
 def _short_fetch_wait() -> None:
@@ -101,6 +115,12 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
                     self._n_acked = 0
                     await self.commit()
                 await callback(message)
+                # the callback can wait (a full stream queue, a commit in flight) across a
+                # rebalance that popped this partition's read offset and sought it to the
+                # committed one: a stale offset written now would drop the re-read messages
+                # below it (Faust's "DROPPED MESSAGE ROFF")
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    return
                 set_read_offset(tp, offset)
 
     try:
@@ -132,3 +152,82 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
 
 
 _drain_messages._loyalty_cdp_patched = True  # type: ignore[attr-defined]
+
+
+def _ack_finished_batches_only() -> None:
+    from faust import streams
+
+    if getattr(streams.Stream.take_events, "_loyalty_cdp_patched", False):
+        return
+    patched = streams._tracks_buffer_agen(_take_events)
+    patched._loyalty_cdp_patched = True  # type: ignore[attr-defined]
+    streams.Stream.take_events = patched  # type: ignore[method-assign]
+
+
+async def _take_events(self: Any, max_: int, within: Any) -> AsyncGenerator[list[Any], None]:
+    """``faust.streams.Stream.take_events`` (faust-streaming 0.15.x), acking a batch only
+    after the agent's loop body returned for it (see the module doc, fix 3). The rest is
+    Faust's own: a processor fills the buffer from the passive stream, the buffer is handed
+    on when full or after ``within``, and no more than ``max_`` events are handed at once.
+    """
+    from mode import want_seconds
+    from mode.utils.aiter import aiter
+    from mode.utils.futures import notify
+
+    buffer: list[Any] = []
+    events: list[Any] = []
+    buffer_full = asyncio.Event()
+    buffer_consumed = asyncio.Event()
+    timeout = want_seconds(within) if within else None
+    stream_enable_acks: bool = self.enable_acks
+    buffer_consuming: asyncio.Future[Any] | None = None
+    channel_it = aiter(self.channel)
+
+    async def add_to_buffer(value: Any) -> Any:
+        try:
+            nonlocal buffer_consuming
+            if buffer_consuming is not None:
+                try:
+                    await buffer_consuming
+                finally:
+                    buffer_consuming = None
+            buffer.append(value)
+            event = self.current_event
+            if event is None:
+                raise RuntimeError("Take buffer found current_event is None")
+            events.append(event)
+            if len(buffer) >= max_:
+                buffer_full.set()
+                buffer_consumed.clear()
+                await self.wait(buffer_consumed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.exception("Error adding to take buffer: %r", exc)
+            await self.crash(exc)
+        return value
+
+    self.enable_acks = False  # acked here, once the agent is done with them
+    self.add_processor(add_to_buffer)
+    self._enable_passive(channel_it)
+    try:
+        while not self.should_stop:
+            await self.wait_for_stopped(buffer_full, timeout=timeout)
+            if buffer:
+                buffer_consuming = asyncio.get_running_loop().create_future()
+                finished = False
+                try:
+                    yield list(events)
+                    finished = True  # resumed by the agent: its body returned
+                finally:
+                    buffer.clear()
+                    if finished:
+                        for event in events:
+                            await self.ack(event)
+                    events.clear()
+                    notify(buffer_consuming)
+                    buffer_full.clear()
+                    buffer_consumed.set()
+    finally:
+        self.enable_acks = stream_enable_acks
+        self._processors.remove(add_to_buffer)
