@@ -12,7 +12,9 @@ are committed only after the decisions are committed, as before); the child runs
 serves its queue in order). Its store connection and producer are its own.
 
 Priority: it runs ``LOYALTY_CDP_DECISIONS_NICE`` (5) steps below the stages that feed it
-(app/stack/process.py ``decisions_nice``): on a saturated host the loyalty events come first.
+(app/stack/process.py ``decisions_nice``), and so do the PostgreSQL processes of its store
+connections when the server is on this host (``Store(backend_nice=)``): on a saturated host
+the loyalty events come first.
 
 Lifetime: started with the ``spawn`` method (the worker has threads; forking them is
 unsafe), it ignores Ctrl-C (the worker shuts it down), and a watchdog thread exits it when
@@ -67,7 +69,11 @@ def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
     _AGENT = DecisionAgent(
         program,
         load_catalog(offers_file()),
-        Store(store_dsn),
+        Store(
+            store_dsn,
+            backend_nice=os.getpriority(os.PRIO_PROCESS, 0),  # its own; see Store
+            application_name="loyalty-cdp decisions",
+        ),
         BatchProducer(broker),
         broker,
         clock=clock,

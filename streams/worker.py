@@ -71,7 +71,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     out = BatchProducer(cfg.broker)
     router = register_canonical_agent(app, mapper, out, topics)
     program = load_program(conf.program_file).compile()
-    store = Store(cfg.store_dsn)
+    store = Store(cfg.store_dsn, application_name="loyalty-cdp worker")
     outbox = Outbox(store, out, cfg.broker)
     partitions = _partitions(cfg.broker, RESOLVED)
     parsed = ParsedRecords()  # identity -> profiles in this process: parse each record once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +41,27 @@ def test_partition_locks_are_held_until_commit(store: Store) -> None:
     assert _try_lock(store, {1, 3, 5})
     with store.tx() as conn:
         store.partition_locks(conn, [])  # nothing to lock: no statement
+
+
+def _backend(store: Store) -> tuple[int, int]:
+    """(pid, owner uid) of the server process behind one of the store's connections."""
+    with store.tx() as conn:
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    return pid, os.stat(f"/proc/{pid}").st_uid
+
+
+def test_backend_nice_lowers_the_server_process_of_each_connection(
+    source_dsns: dict[str, str],
+) -> None:
+    plain, low = Store(source_dsns["cdp"]), Store(source_dsns["cdp"], backend_nice=13)
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, _backend(plain)[0])  # the server's own
+        pid, owner = _backend(low)
+        allowed = os.geteuid() in (0, owner)  # root, or the server's own user
+        assert base != 13
+        assert os.getpriority(os.PRIO_PROCESS, pid) == (13 if allowed else base)
+        with low.tx() as conn:  # the connection still works (no transaction left open)
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        plain.dispose()
+        low.dispose()

@@ -229,6 +229,17 @@ def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
     assert decisioning, _children(wpid)  # started by the fixture's purchases
     # LOYALTY_CDP_DECISIONS_NICE (5) further below the stages that feed it
     assert all(_nice(p) == min(base + 15, 19) for p in decisioning)
+    # and so are the PostgreSQL processes that run its SQL; the stages' are not
+    with psycopg.connect(stack["store"]) as conn:
+        backends = conn.execute(
+            "SELECT application_name, pid FROM pg_stat_activity"
+            " WHERE application_name LIKE 'loyalty-cdp %'"
+        ).fetchall()
+    by_name: dict[str, set[int]] = {}
+    for name, pid in backends:
+        by_name.setdefault(name, set()).add(_nice(pid))
+    assert by_name["loyalty-cdp decisions"] == {min(base + 15, 19)}, by_name
+    assert min(base + 15, 19) not in by_name["loyalty-cdp worker"], by_name
 
 
 def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
