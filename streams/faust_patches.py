@@ -1,4 +1,4 @@
-"""Three fixes to faust-streaming 0.15's consumer and streams, applied by :func:`apply`.
+"""Four changes to faust-streaming 0.15's consumer and streams, applied by :func:`apply`.
 
 1. **Fetch wait.** faust-streaming hard-codes a 1,500 ms ``fetch_max_wait_ms``; the embedded
    broker (Tansu) holds a fetch until this timeout even when data arrives, which put ~0.5 s
@@ -27,6 +27,13 @@
    test once lost a purchase this way. The replacement acks a batch only when the agent
    asks for the next one; an unfinished batch stays unacknowledged and is redelivered to
    whoever owns the partition next (at-least-once; the stages are idempotent).
+
+4. **The next batch fills while the agent works on one.** Faust's ``take_events`` stops
+   filling while the agent works and then waits its whole ``within`` window before every
+   batch (unless ``max_`` events arrive first); ours keeps filling and hands the next batch
+   on as soon as the agent asks. Batches then size themselves to the load (what arrived
+   during the last one) and only an idle stage lingers, ``within`` after its first event
+   (``LOYALTY_CDP_BATCH_WITHIN_MS``). Both are in ``_take_events``.
 
 All are monkeypatches of a pinned dependency (``faust-streaming>=0.15,<0.16`` in
 pyproject); ``tests/test_faust_patches.py`` checks they are in place, and the integration
@@ -165,41 +172,42 @@ def _ack_finished_batches_only() -> None:
 
 
 async def _take_events(self: Any, max_: int, within: Any) -> AsyncGenerator[list[Any], None]:
-    """``faust.streams.Stream.take_events`` (faust-streaming 0.15.x), acking a batch only
-    after the agent's loop body returned for it (see the module doc, fix 3). The rest is
-    Faust's own: a processor fills the buffer from the passive stream, the buffer is handed
-    on when full or after ``within``, and no more than ``max_`` events are handed at once.
+    """``faust.streams.Stream.take_events`` with two changes (module doc, 3 and 4).
+
+    * A batch is acknowledged only after the agent's loop body returned for it.
+    * The next batch fills while the agent works on the current one, and is handed on as
+      soon as the agent asks for it. Only an idle stream waits: from its first event, up
+      to ``within`` for more (or until ``max_``). Faust's own blocks the buffer while the
+      agent works and then waits ``within`` again before every batch, so at a steady rate
+      every stage added its whole window to the latency on top of its work.
+
+    As in Faust's, a processor on the stream fills the batch (the stream's passive
+    iteration), at most ``max_`` events are handed on at once, and a full batch holds the
+    stream back (the consumer pauses when the stream's queue is full).
     """
     from mode import want_seconds
     from mode.utils.aiter import aiter
-    from mode.utils.futures import notify
 
-    buffer: list[Any] = []
-    events: list[Any] = []
-    buffer_full = asyncio.Event()
-    buffer_consumed = asyncio.Event()
-    timeout = want_seconds(within) if within else None
+    batch: list[Any] = []  # the batch being filled
+    arrived = asyncio.Event()  # the filling batch is no longer empty
+    full = asyncio.Event()  # ... has max_ events
+    room = asyncio.Event()  # ... was handed on: the processor may add again
+    linger = want_seconds(within) if within else 0.0
     stream_enable_acks: bool = self.enable_acks
-    buffer_consuming: asyncio.Future[Any] | None = None
     channel_it = aiter(self.channel)
 
-    async def add_to_buffer(value: Any) -> Any:
+    async def add_to_batch(value: Any) -> Any:
         try:
-            nonlocal buffer_consuming
-            if buffer_consuming is not None:
-                try:
-                    await buffer_consuming
-                finally:
-                    buffer_consuming = None
-            buffer.append(value)
+            while len(batch) >= max_:
+                room.clear()
+                await self.wait(room)
             event = self.current_event
             if event is None:
                 raise RuntimeError("Take buffer found current_event is None")
-            events.append(event)
-            if len(buffer) >= max_:
-                buffer_full.set()
-                buffer_consumed.clear()
-                await self.wait(buffer_consumed)
+            batch.append(event)
+            arrived.set()
+            if len(batch) >= max_:
+                full.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -208,26 +216,30 @@ async def _take_events(self: Any, max_: int, within: Any) -> AsyncGenerator[list
         return value
 
     self.enable_acks = False  # acked here, once the agent is done with them
-    self.add_processor(add_to_buffer)
+    self.add_processor(add_to_batch)
     self._enable_passive(channel_it)
     try:
         while not self.should_stop:
-            await self.wait_for_stopped(buffer_full, timeout=timeout)
-            if buffer:
-                buffer_consuming = asyncio.get_running_loop().create_future()
-                finished = False
-                try:
-                    yield list(events)
-                    finished = True  # resumed by the agent: its body returned
-                finally:
-                    buffer.clear()
-                    if finished:
-                        for event in events:
-                            await self.ack(event)
-                    events.clear()
-                    notify(buffer_consuming)
-                    buffer_full.clear()
-                    buffer_consumed.set()
+            if not batch:
+                await self.wait_for_stopped(arrived, timeout=1.0)
+                if not batch:
+                    continue
+                if linger and not full.is_set():
+                    await self.wait_for_stopped(full, timeout=linger)
+            events = batch[:max_]
+            del batch[:max_]
+            if not batch:
+                arrived.clear()
+            full.clear()
+            room.set()
+            finished = False
+            try:
+                yield events
+                finished = True  # resumed by the agent: its body returned
+            finally:
+                if finished:
+                    for event in events:
+                        await self.ack(event)
     finally:
         self.enable_acks = stream_enable_acks
-        self._processors.remove(add_to_buffer)
+        self._processors.remove(add_to_batch)

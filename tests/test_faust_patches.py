@@ -96,3 +96,41 @@ def test_a_batch_cancelled_mid_way_stays_unacknowledged(tmp_path: Path) -> None:
     """A stopping worker cancels its agents before it commits: Faust's own take_events acked
     the cancelled batch (committed, never processed, lost to the partition's next owner)."""
     assert asyncio.run(_take_one_batch(tmp_path, finish=False)) == [False, False, False]
+
+
+def test_the_next_batch_fills_while_the_agent_works(tmp_path: Path) -> None:
+    """Events that arrive while the agent works on a batch are its next batch, handed on as
+    soon as the agent asks for it. Faust's own waited its whole ``within`` (30 s here) again
+    before a batch that is not full."""
+
+    async def scenario() -> list[list[int]]:
+        app = build_app(WorkerSettings(broker="127.0.0.1:1", web_port=1, data_dir=tmp_path))
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = channel.stream()
+        batches: list[list[int]] = []
+        working, go_on = asyncio.Event(), asyncio.Event()
+
+        async def agent() -> None:
+            async for events in stream.take_events(4, within=30):
+                batches.append([e.value for e in events])
+                working.set()
+                await go_on.wait()
+
+        task = asyncio.create_task(agent())
+        for i in range(4):  # a full batch goes at once
+            await channel.send(value=i)
+        await asyncio.wait_for(working.wait(), 10)
+        for i in (4, 5):  # arrive while the agent works on [0..3]
+            await channel.send(value=i)
+        await asyncio.sleep(0.1)
+        go_on.set()
+        while len(batches) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await stream.stop()
+        return batches
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [[0, 1, 2, 3], [4, 5]]
