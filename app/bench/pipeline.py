@@ -14,7 +14,9 @@ Figures (nothing here is pass/fail):
   messages on the same broker in the same run (the Python + broker limit); ``ratio`` is the
   first over the second.
 * ``p50_ms`` / ``p99_ms``: source commit (a POS transaction of an enrolled card) to its
-  ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s.
+  ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s;
+  ``latency_hops_ms`` the same per hop (change topic, ``cdp.events``, ``cdp.resolved``,
+  ``loyalty.events``; ``app/bench/hops.py``).
 * ``cpu_ms_per_event``: CPU milliseconds per event of each process role (worker, its
   decisioning and API children, PostgreSQL, broker, CDC runner) from the first event
   produced until the profiles stage caught up, and ``cpu_ms_per_event_with_offers`` until
@@ -46,6 +48,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
 from app.bench.cpu import cpu_by_role, per_event_ms
+from app.bench.hops import end_offsets, hop_latencies, read_since
+from app.cdc.connectors import change_topics
 from app.stack import embedded, postgres
 from app.stack.errors import StackError
 from app.stack.pipeline import STAGES, wait_stages
@@ -84,6 +88,8 @@ class PipelineBenchResult:
     #: CPU ms per event by process role, to profiles caught up / to decisions caught up
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_event_with_offers: dict[str, float] = field(default_factory=dict)
+    #: the latency phase per hop (app/bench/hops.py): hop -> p50/p99 ms and rows
+    latency_hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,10 +254,12 @@ def _roots(sd: Path) -> dict[str, int | None]:
 
 
 def measure_latency(
-    st: dict[str, Any], rate: int, duration: float, tag: str
-) -> tuple[int, int, list[float]]:
-    """Enrolled-card POS transactions at ``rate``/s; commit -> points_earned latency (ms)."""
+    st: dict[str, Any], rate: int, duration: float, tag: str, change_topic: str
+) -> tuple[int, int, list[float], dict[str, dict[str, float]]]:
+    """Enrolled-card POS transactions at ``rate``/s; commit -> points_earned latency (ms),
+    and the same per hop (``app/bench/hops.py``; ``change_topic``: the rows' change topic)."""
     dsn = st["sources"]["pos"]
+    broker = st["broker"]
     cards = 200
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -266,7 +274,10 @@ def measure_latency(
     interval = per_txn / rate
     ids = [f"LT{tag}-{i:07d}" for i in range(total)]
     commits: dict[bytes, float] = {}
-    with _EarnedRecorder(st["broker"], "loyalty.events") as rec, psycopg.connect(dsn) as conn:
+    walls: dict[str, float] = {}  # txn id -> commit time on the clock of message timestamps
+    topics = (change_topic, "cdp.events", "cdp.resolved", "loyalty.events")
+    starts = {t: end_offsets(broker, t) for t in topics}
+    with _EarnedRecorder(broker, "loyalty.events") as rec, psycopg.connect(dsn) as conn:
         start = time.perf_counter()
         for n, i in enumerate(range(0, total, per_txn)):
             delay = start + n * interval - time.perf_counter()
@@ -280,13 +291,54 @@ def measure_latency(
                 (tag, cards, batch),
             )
             conn.commit()
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
             for t in batch:
                 commits[f"pos.transactions:{t}@purchase.completed".encode()] = now
+                walls[t] = wall
         keys = list(commits)
         received = rec.wait_for(keys, idle_timeout=20)
         lat = sorted((rec.arrivals[k] - commits[k]) * 1000 for k in keys if k in rec.arrivals)
-    return total, received, lat
+    return total, received, lat, _hops(broker, starts, walls, topics)
+
+
+def _txn(record_id: str) -> str:
+    """``pos.transactions:<txn id>@purchase.completed`` -> the txn id."""
+    return record_id.partition(":")[2].partition("@")[0]
+
+
+def _hops(
+    broker: str,
+    starts: dict[str, list[TopicPartition]],
+    walls: dict[str, float],
+    topics: tuple[str, str, str, str],
+) -> dict[str, dict[str, float]]:
+    """The latency rows' timestamps on each topic since ``starts`` -> :func:`hop_latencies`."""
+    change_topic, canonical_topic, resolved_topic, loyalty_topic = topics
+    change: dict[str, float] = {}
+    for at, _, value in read_since(broker, starts[change_topic]):
+        doc = orjson.loads(value) if value else None
+        after = ((doc.get("payload") or doc).get("after") or {}) if doc else {}
+        if after.get("txn_id") in walls:
+            change.setdefault(after["txn_id"], at)
+    canonical: dict[str, float] = {}
+    for at, _, value in read_since(broker, starts[canonical_topic]):
+        rid = str((orjson.loads(value or b"{}").get("data") or {}).get("record_id", ""))
+        if rid.startswith("pos.transactions:") and _txn(rid) in walls:
+            canonical.setdefault(_txn(rid), at)
+    notes: dict[str, list[float]] = {}
+    for at, _, value in read_since(broker, starts[resolved_topic]):
+        note = orjson.loads(value or b"{}")
+        if "p" in note:
+            notes.setdefault(note["p"], []).append(at)
+    for times in notes.values():
+        times.sort()
+    earned: dict[str, tuple[float, str]] = {}
+    for at, _, value in read_since(broker, starts[loyalty_topic]):
+        if value and b"points_earned" in value:
+            data = orjson.loads(value)["data"]
+            if _txn(data["cause_record_id"]) in walls:
+                earned.setdefault(_txn(data["cause_record_id"]), (at, data["profile_id"]))
+    return hop_latencies(walls, change, canonical, notes, earned)
 
 
 def run_pipeline_bench(
@@ -346,7 +398,8 @@ def run_pipeline_bench(
             wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
             added = max(0, _rss(pid) - rss2) / members
             say(f"latency at {rate:,} rows/s for {duration:.0f}s")
-            total, received, lat = measure_latency(st, rate, duration, tag)
+            txns = next(t for t in change_topics(specs) if t.endswith(".transactions"))
+            total, received, lat, hops = measure_latency(st, rate, duration, tag, txns)
             if received < total:
                 notes.append(f"only {received}/{total} latency rows produced an event in time")
             return PipelineBenchResult(
@@ -364,6 +417,7 @@ def run_pipeline_bench(
                 latency_received=received,
                 p50_ms=round(_percentile(lat, 50), 1) if lat else None,
                 p99_ms=round(_percentile(lat, 99), 1) if lat else None,
+                latency_hops_ms=hops,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
                 cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
