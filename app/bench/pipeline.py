@@ -178,20 +178,6 @@ def _rss(pid: int | None) -> int:
     return 0
 
 
-def _end_offsets(broker: str, topic: str) -> list[TopicPartition]:
-    c = Consumer({"bootstrap.servers": broker, "group.id": "bench-offsets"})
-    try:
-        md = c.list_topics(topic, timeout=10)
-        return [
-            TopicPartition(
-                topic, p, c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            )
-            for p in md.topics[topic].partitions
-        ]
-    finally:
-        c.close()
-
-
 def bare_loop(broker: str, start: list[TopicPartition], count: int) -> float:
     """Consume ``count`` messages of ``cdp.events`` from ``start`` and produce each: msgs/s."""
     AdminClient({"bootstrap.servers": broker}).create_topics([NewTopic(BARE_TOPIC, 8, 1)])
@@ -360,8 +346,8 @@ def run_pipeline_bench(
             specs = embedded._connectors()
             stages = [s for s in STAGES(specs) if s[0] != "canonical"]
             msgs = synthetic_events(members, events, tag)
-            start = _end_offsets(st["broker"], "cdp.events")
-            out_before = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
+            start = end_offsets(st["broker"], "cdp.events")
+            out_before = sum(tp.offset for tp in end_offsets(st["broker"], "loyalty.events"))
             rss0 = _rss(pid)
             roots = _roots(sd)
             cpu: dict[str, dict[str, float]] = {}
@@ -385,7 +371,7 @@ def run_pipeline_bench(
                 done_at += secs
                 stage_s[name] = round(done_at, 2)
             to_profiles = stage_s.get("profiles", elapsed)
-            out_after = sum(tp.offset for tp in _end_offsets(st["broker"], "loyalty.events"))
+            out_after = sum(tp.offset for tp in end_offsets(st["broker"], "loyalty.events"))
             eps = len(msgs) / to_profiles
             say(
                 f"throughput: {eps:,.0f} events/s to profiles and loyalty events"
