@@ -44,7 +44,7 @@ import psycopg
 from confluent_kafka import Producer
 
 from app.bench.cdc import _percentile, bench_state_dir, machine_info
-from app.bench.pipeline import _end_offsets
+from app.bench.hops import end_offsets
 from app.domain.records import format_time
 from app.stack import embedded, pipeline
 from app.stack.state import StackPaths
@@ -354,7 +354,7 @@ def _seed(st: dict[str, Any], members: int) -> None:
 
 
 def _offsets_total(broker: str, topics: tuple[str, ...]) -> int:
-    return sum(tp.offset for t in topics for tp in _end_offsets(broker, t))
+    return sum(tp.offset for t in topics for tp in end_offsets(broker, t))
 
 
 def _agent_phase(st: dict[str, Any], events: int, say: Say) -> tuple[int, int, float]:
