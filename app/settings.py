@@ -59,7 +59,8 @@ class WorkerTuning(BaseSettings):
     profile_chunk: int = Field(250, ge=1)
     #: Messages a stage takes per batch (streams/stages.py).
     stage_batch: int = Field(5000, ge=1, le=100_000)
-    #: Longest wait of a stage to fill a batch; each stage adds up to this to the latency.
+    #: How long an idle stage lingers after its first message to batch more with it (a busy
+    #: stage hands on what arrived during its last batch at once; streams/faust_patches.py).
     batch_within_ms: int = Field(200, ge=1, le=60_000)
     #: Messages an agent's stream queues ahead of its take buffer (streams/app.py).
     stream_buffer: int = Field(4096, ge=64, le=1_000_000)

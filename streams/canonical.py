@@ -9,7 +9,6 @@ pipeline keeps going. Canonical events published directly by upstream systems on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,14 +18,13 @@ from app.mapping.engine import Mapper
 from app.mapping.errors import MappingError
 from app.mapping.schema import parse_ingest
 from streams.producer import BatchProducer
+from streams.stages import crash_on_failure
 
 __all__ = ["CANONICAL_TOPIC", "DLQ_TOPIC", "INGEST_TOPIC", "register_canonical_agent"]
 
 CANONICAL_TOPIC = "cdp.events"
 INGEST_TOPIC = "cdp.ingest"
 DLQ_TOPIC = "cdp.dlq"
-log = logging.getLogger("loyalty_cdp.canonical")
-
 BATCH = 2000
 WITHIN_S = 0.02
 
@@ -78,16 +76,10 @@ def register_canonical_agent(
     @app.agent(source, name="canonical")
     async def canonical(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_S):
-            try:
+            # a bug, or a broker that stopped acknowledging
+            async with crash_on_failure(app, "canonical batch"):
                 router.route(e.message for e in events)
                 await out.flush()
-            except Exception as exc:
-                # a bug, or a broker that stopped acknowledging: the batch stays
-                # unacknowledged and a restarted worker resumes it (a restarted agent would
-                # read on past it)
-                log.exception("canonical batch failed; stopping the worker")
-                await app.crash(exc)
-                raise
             del events  # not kept (messages and all) while the stream is idle
 
     return router

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,8 +26,6 @@ from typing import Any
 from app.settings import worker_tuning
 
 __all__ = ["Trimmer", "register_malloc_trim", "rss_bytes"]
-
-log = logging.getLogger("loyalty_cdp.malloc_trim")
 
 PERIOD_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -9,7 +9,9 @@ stage's timer and rebalance callbacks go through the same thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -31,10 +33,22 @@ async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> 
     The state is durable in the store, so crashing loudly and restarting resumes exactly;
     carrying on after a failed batch could ack input that was never applied.
     """
-    try:
+    async with crash_on_failure(app, "stage"):
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+@contextlib.asynccontextmanager
+async def crash_on_failure(app: faust.App, what: str) -> AsyncIterator[None]:
+    """Crash the worker (logged) when the block raises; the exception goes on.
+
+    The batch stays unacknowledged (``take_events`` acks a batch only once its agent's body
+    returned), so a restarted worker resumes it; Faust's own supervisor would restart the
+    agent instead, which reads on past the batch.
+    """
+    try:
+        yield
     except Exception as exc:
-        log.exception("stage failed; stopping the worker")
+        log.exception("%s failed; stopping the worker", what)
         await app.crash(exc)
         raise
 
@@ -42,12 +56,12 @@ async def run_stage(app: faust.App, executor: Executor, fn: Any, *args: Any) -> 
 def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
     """The two stage agents, the profile stage's wall-clock timer and rebalance callbacks.
 
-    Batch size and wait (``LOYALTY_CDP_STAGE_BATCH``, ``LOYALTY_CDP_BATCH_WITHIN_MS``): the
+    Batch size and linger (``LOYALTY_CDP_STAGE_BATCH``, ``LOYALTY_CDP_BATCH_WITHIN_MS``): the
     profile stage writes a batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``); the
     identity stage resolves a batch in one transaction, so its working set grows with the
-    batch size. Faust flushes a take buffer at least every ``within``: each stage waits up to
-    that long before it starts a batch, so it adds to the end-to-end latency twice (identity,
-    profiles); longer waits make fewer, larger batches (fewer transactions).
+    batch size. What arrives while a stage works is its next batch, handed on at once; only
+    an idle stage waits, up to ``within`` after its first message, for more to batch with it
+    (``take_events`` in streams/faust_patches.py).
     """
     tuning = worker_tuning()
     batch, within = tuning.stage_batch, tuning.batch_within_ms / 1000

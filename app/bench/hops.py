@@ -83,8 +83,8 @@ def end_offsets(broker: str, topic: str) -> list[TopicPartition]:
 
 def read_since(
     broker: str, start: list[TopicPartition], timeout: float = 60.0
-) -> Iterator[tuple[float, bytes | None, bytes | None]]:
-    """(create time in s, key, value) of every message from ``start`` to the ends now."""
+) -> Iterator[tuple[float, bytes | None]]:
+    """(create time in s, value) of every message from ``start`` to the ends now."""
     c = _consumer(broker)
     try:
         ends = {
@@ -98,7 +98,7 @@ def read_since(
             for m in c.consume(10_000, 0.5):
                 if m.error() is not None:
                     continue
-                yield m.timestamp()[1] / 1000, m.key(), m.value()
+                yield m.timestamp()[1] / 1000, m.value()
                 if m.offset() + 1 >= ends[m.partition()]:
                     todo.discard(m.partition())
     finally:

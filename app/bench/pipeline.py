@@ -301,25 +301,25 @@ def _hops(
     """The latency rows' timestamps on each topic since ``starts`` -> :func:`hop_latencies`."""
     change_topic, canonical_topic, resolved_topic, loyalty_topic = topics
     change: dict[str, float] = {}
-    for at, _, value in read_since(broker, starts[change_topic]):
+    for at, value in read_since(broker, starts[change_topic]):
         doc = orjson.loads(value) if value else None
         after = ((doc.get("payload") or doc).get("after") or {}) if doc else {}
         if after.get("txn_id") in walls:
             change.setdefault(after["txn_id"], at)
     canonical: dict[str, float] = {}
-    for at, _, value in read_since(broker, starts[canonical_topic]):
+    for at, value in read_since(broker, starts[canonical_topic]):
         rid = str((orjson.loads(value or b"{}").get("data") or {}).get("record_id", ""))
         if rid.startswith("pos.transactions:") and _txn(rid) in walls:
             canonical.setdefault(_txn(rid), at)
     notes: dict[str, list[float]] = {}
-    for at, _, value in read_since(broker, starts[resolved_topic]):
+    for at, value in read_since(broker, starts[resolved_topic]):
         note = orjson.loads(value or b"{}")
         if "p" in note:
             notes.setdefault(note["p"], []).append(at)
     for times in notes.values():
         times.sort()
     earned: dict[str, tuple[float, str]] = {}
-    for at, _, value in read_since(broker, starts[loyalty_topic]):
+    for at, value in read_since(broker, starts[loyalty_topic]):
         if value and b"points_earned" in value:
             data = orjson.loads(value)["data"]
             if _txn(data["cause_record_id"]) in walls:
