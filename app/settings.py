@@ -71,6 +71,9 @@ class WorkerTuning(BaseSettings):
     fetch_max_wait_ms: int = Field(20, ge=1, le=10_000)
     #: False restores Faust's own per-message delivery (streams/faust_patches.py).
     faust_batched_drain: bool = True
+    #: Run the profile stage in a child process of the worker (streams/profile_process.py);
+    #: False runs it on a thread of the worker, sharing its GIL (the design before session 6).
+    profile_process: bool = True
     #: Loopback port of the Faust web server behind the worker's API process (0: a free one).
     internal_web_port: int = Field(0, ge=0, le=65_535)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from app.settings import worker_tuning
 
-__all__ = ["Trimmer", "register_malloc_trim", "rss_bytes"]
+__all__ = ["Trimmer", "glibc_trim", "register_malloc_trim", "rss_bytes"]
 
 PERIOD_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -40,7 +40,7 @@ def rss_bytes() -> int:
         return 0
 
 
-def _glibc_trim() -> Callable[[], int] | None:
+def glibc_trim() -> Callable[[], int] | None:
     try:
         fn = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
@@ -77,7 +77,7 @@ class Trimmer:
 
 
 def register_malloc_trim(app: Any) -> Trimmer | None:
-    trim = _glibc_trim()
+    trim = glibc_trim()
     trim_mb = worker_tuning().malloc_trim_mb
     if trim_mb <= 0 or trim is None or not rss_bytes():
         return None

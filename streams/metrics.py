@@ -15,7 +15,8 @@ Kept off the hot path:
   and the scrape reads the last result.
 
 The stages are instrumented by wrapping their batch entry points on the instances at wiring
-time (``router.route``, ``identity.process``, ``profiles.process``, ``outbox.publish``);
+time (``router.route``, ``identity.process``, ``outbox.publish``; the profile stage reports
+its batches and events with each call's result, streams/profile_process.py);
 the stage modules themselves are unchanged. Every worker has its own registry, so several
 apps in one process (tests) do not collide.
 """
@@ -39,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from streams.profile_process import Report, event_type
 from streams.topics import GUEST_PURCHASES, LOYALTY
 
 __all__ = ["StageLag", "WorkerMetrics", "register_metrics"]
@@ -47,7 +49,6 @@ log = logging.getLogger("loyalty_cdp.metrics")
 
 GROUP = "loyalty-cdp"
 LAG_INTERVAL_S = 5.0
-_TYPE_MARK = b'"type":"loyalty.'
 
 
 class StageLag:
@@ -146,17 +147,27 @@ class WorkerMetrics(Collector):
     def instrument(self) -> None:
         self.router.route = self._timed("canonical", self.router.route)
         self.identity.process = self._timed("identity", self.identity.process)
-        self.profiles.process = self._timed("profiles", self.profiles.process)
+        self.profiles.listeners.append(self._profile_report)
         publish = self.outbox.publish
 
         @functools.wraps(publish)
         def counted(rows: Sequence[Any]) -> None:
             publish(rows)
-            types = Tally(_event_type(r.payload) for r in rows if r.topic == LOYALTY)
-            for type_, n in types.items():
-                self.loyalty_events.labels(type_).inc(n)
+            self._count_types(Tally(event_type(r.payload) for r in rows if r.topic == LOYALTY))
 
         self.outbox.publish = counted
+
+    def _profile_report(self, report: Report, new_types: Tally[str]) -> None:
+        """A profile-stage call returned (it runs in a child process, streams/profile_process):
+        its batch durations and the loyalty events it published since the last report."""
+        hist = self.batch_seconds.labels("profiles")
+        for s in report["batch_seconds"]:
+            hist.observe(s)
+        self._count_types(new_types)
+
+    def _count_types(self, types: Tally[str]) -> None:
+        for type_, n in types.items():
+            self.loyalty_events.labels(type_).inc(n)
 
     # -- the collector ------------------------------------------------------------------
 
@@ -209,13 +220,13 @@ class WorkerMetrics(Collector):
         published = CounterMetricFamily(
             "loyalty_cdp_loyalty_events_published", "Loyalty events published, all types."
         )
-        published.add_metric([], self.outbox.published[LOYALTY])
+        published.add_metric([], self._published(LOYALTY))
         yield published
         guests = CounterMetricFamily(
             "loyalty_cdp_guest_purchases_published",
             "Guest purchase moments published on cdp.guest_purchases for the decisioning agent.",
         )
-        guests.add_metric([], self.outbox.published[GUEST_PURCHASES])
+        guests.add_metric([], self._published(GUEST_PURCHASES))
         yield guests
         lag = GaugeMetricFamily(
             "loyalty_cdp_consumer_lag_messages",
@@ -231,6 +242,10 @@ class WorkerMetrics(Collector):
         if self.lag_at:
             age.add_metric([], time.monotonic() - self.lag_at)
         yield age
+
+    def _published(self, topic: str) -> int:
+        """Published by the worker's own outbox (identity's merges) and the profile stage's."""
+        return int(self.outbox.published[topic] + self.profiles.published[topic])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -257,15 +272,6 @@ class WorkerMetrics(Collector):
         t = threading.Thread(target=loop, name="metrics-lag", daemon=True)
         t.start()
         return t
-
-
-def _event_type(payload: bytes) -> str:
-    """The event type from the start of a CloudEvent (``"type":"loyalty.X"`` precedes data)."""
-    i = payload.find(_TYPE_MARK)
-    if i < 0:
-        return "unknown"
-    i += len(_TYPE_MARK)
-    return payload[i : payload.index(b'"', i)].decode()
 
 
 def register_metrics(

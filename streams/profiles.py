@@ -56,7 +56,12 @@ from streams.producer import BatchProducer
 from streams.store import Store
 from streams.topics import DLQ, PROFILES, partition_of
 
-__all__ = ["ProfileStage", "encode_tick"]
+__all__ = ["COUNTS", "ProfileStage", "encode_tick"]
+
+#: the stage's counters (``/healthz``, ``/metrics``)
+COUNTS = (
+    "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected", "busy_ms"
+)
 
 
 #: The wall clock runs this far behind now. A state advanced to time T treats a record with
@@ -120,13 +125,7 @@ class ProfileStage:
         self.pending: dict[str, dict[str, Record]] = {}  # refunds waiting for their purchase
         self.owned: set[int] = set()  # partitions whose takeover this worker completed
         self.assigned: set[int] = set()  # partitions the group assigned to this worker
-        self.counts = dict.fromkeys(
-            (
-                "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected",
-                "busy_ms",
-            ),
-            0,
-        )
+        self.counts = dict.fromkeys(COUNTS, 0)
 
     def _part(self, pid: str) -> int:
         return partition_of(pid, self.partitions)

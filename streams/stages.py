@@ -1,9 +1,11 @@
 """Registers the identity and profile stages as Faust agents on the worker's app.
 
-The stages' batch work is blocking (PostgreSQL, the domain fold), so each stage runs it on
-its own single-thread executor: the event loop stays free for Faust's heartbeats and
-fetches, and one thread per stage keeps a stage's batches strictly sequential (the profile
-stage's timer and rebalance callbacks go through the same thread).
+The stages' batch work is blocking (PostgreSQL, the domain fold), so it runs off the event
+loop, which stays free for Faust's heartbeats and fetches: the identity stage on its own
+single-thread executor, the profile stage in a child process (streams/profile_process.py)
+or, with ``LOYALTY_CDP_PROFILE_PROCESS=0``, on a thread. Either executor runs one call at a
+time, in order, so a stage's batches are strictly sequential (the profile stage's timer and
+rebalance callbacks go through the same executor).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import faust
 
 from app.settings import worker_tuning
 from streams.identity import IdentityStage
-from streams.profiles import ProfileStage
+from streams.profile_process import ProfileHandle
 from streams.topics import CANONICAL, RESOLVED
 
 log = logging.getLogger("loyalty_cdp.stages")
@@ -53,7 +55,7 @@ async def crash_on_failure(app: faust.App, what: str) -> AsyncIterator[None]:
         raise
 
 
-def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileStage) -> None:
+def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileHandle) -> None:
     """The two stage agents, the profile stage's wall-clock timer and rebalance callbacks.
 
     Batch size and linger (``LOYALTY_CDP_STAGE_BATCH``, ``LOYALTY_CDP_BATCH_WITHIN_MS``): the
@@ -66,10 +68,10 @@ def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileSt
     tuning = worker_tuning()
     batch, within = tuning.stage_batch, tuning.batch_within_ms / 1000
     ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
-    prof_exec = ThreadPoolExecutor(1, thread_name_prefix="profiles")
 
-    async def run(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
-        await run_stage(app, executor, fn, *args)
+    async def profile_call(name: str, *args: Any) -> None:
+        async with crash_on_failure(app, "profile stage"):
+            await profiles.call(name, *args)
 
     canonical = app.topic(CANONICAL, key_serializer="raw", value_serializer="raw")
     resolved = app.topic(RESOLVED, key_serializer="raw", value_serializer="raw")
@@ -77,28 +79,28 @@ def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileSt
     @app.agent(canonical, name="identity")
     async def identity_agent(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(batch, within=within):
-            await run(ident_exec, identity.process, [e.message for e in events])
+            await run_stage(app, ident_exec, identity.process, [e.message for e in events])
             del events  # not kept (messages and all) while the stream is idle
 
     @app.agent(resolved, name="profiles")
     async def profiles_agent(stream: faust.StreamT[Any]) -> None:
         async for events in stream.take_events(batch, within=within):
             notes = [(e.message.partition, e.message.value) for e in events]
-            await run(prof_exec, profiles.process, notes)
+            await profile_call("process", notes)
             del events, notes
 
     @app.timer(1.0)
     async def wall_clock() -> None:
-        await run(prof_exec, profiles.advance_wall_clock)
+        await profile_call("advance_wall_clock")
 
     @app.on_partitions_assigned.connect  # type: ignore[misc]
     async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
         parts = [tp.partition for tp in assigned if tp.topic == RESOLVED]
         if parts:
-            await asyncio.get_running_loop().run_in_executor(prof_exec, profiles.assign, parts)
+            await profile_call("assign", parts)
 
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         parts = [tp.partition for tp in revoked if tp.topic == RESOLVED]
         if parts:
-            await asyncio.get_running_loop().run_in_executor(prof_exec, profiles.revoke, parts)
+            await profile_call("revoke", parts)

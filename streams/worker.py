@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.stack.ports import free_port
 from app.stack.postgres import dsn_for
 from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths
+from streams import profile_process
 from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
@@ -45,6 +47,7 @@ from streams.outbox import Outbox
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.profile_cache import cache_size
+from streams.profile_process import ProfileHandle, ProfileHost
 from streams.profiles import ProfileStage
 from streams.stages import register_stages
 from streams.store import Store
@@ -74,15 +77,28 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     store = Store(cfg.store_dsn, application_name="loyalty-cdp worker")
     outbox = Outbox(store, out, cfg.broker)
     partitions = _partitions(cfg.broker, RESOLVED)
-    parsed = ParsedRecords()  # identity -> profiles in this process: parse each record once
-    identity = IdentityStage(program, store, out, outbox, partitions, parsed)
-    profiles = ProfileStage(
-        program, store, out, outbox, partitions, clock=cfg.clock, parsed=parsed
-    )
+    if worker_tuning().profile_process:
+        identity = IdentityStage(program, store, out, outbox, partitions)
+        def start() -> Executor:
+            return profile_process.start_pool(cfg.broker, cfg.clock, cfg.store_dsn, partitions)
+
+        profiles = ProfileHandle(start(), profile_process.CHILD_CALLS, restart=start)
+    else:  # the stage on a thread of this process, which can take the parsed records over
+        parsed = ParsedRecords()
+        identity = IdentityStage(program, store, out, outbox, partitions, parsed)
+        stage = ProfileStage(
+            program, store, out, Outbox(store, out, cfg.broker), partitions, clock=cfg.clock,
+            parsed=parsed,
+        )
+        profiles = ProfileHandle(ThreadPoolExecutor(1, thread_name_prefix="profiles"),
+                                 ProfileHost(stage).calls())
     register_stages(app, identity, profiles)
     register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
     register_malloc_trim(app)
+
+    def published(topic: str) -> int:
+        return outbox.published[topic] + profiles.published[topic]
 
     @app.page("/healthz")
     class Health(View):
@@ -94,8 +110,8 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
                     "canonical": router.counts,
                     "identity": identity.counts,
                     "profiles": profiles.counts,
-                    "loyalty_events_published": outbox.published[LOYALTY],
-                    "guest_purchases_published": outbox.published[GUEST_PURCHASES],
+                    "loyalty_events_published": published(LOYALTY),
+                    "guest_purchases_published": published(GUEST_PURCHASES),
                 }
             )
 

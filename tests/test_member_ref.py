@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.api import IdentifierError, parse_member_ref
-from streams.metrics import _event_type
+from streams.profile_process import event_type
 
 
 @pytest.mark.parametrize(
@@ -35,5 +35,5 @@ def test_event_type_from_cloudevent_bytes() -> None:
     payload = (
         b'{"specversion":"1.0","id":"x","source":"s","type":"loyalty.tier_upgraded","data":{}}'
     )
-    assert _event_type(payload) == "tier_upgraded"
-    assert _event_type(b"{}") == "unknown"
+    assert event_type(payload) == "tier_upgraded"
+    assert event_type(b"{}") == "unknown"

@@ -32,12 +32,14 @@ def test_bad_decisions_nice(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
 
 
 def test_worker_tuning_defaults_and_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("PROFILE_CHUNK", "STAGE_BATCH", "FAUST_BATCHED_DRAIN", "MALLOC_TRIM_MB"):
+    names = ("PROFILE_CHUNK", "STAGE_BATCH", "FAUST_BATCHED_DRAIN", "MALLOC_TRIM_MB")
+    for name in (*names, "PROFILE_PROCESS"):
         monkeypatch.delenv(f"LOYALTY_CDP_{name}", raising=False)
     t = worker_tuning()
     assert (t.profile_chunk, t.stage_batch, t.faust_batched_drain, t.malloc_trim_mb) == (
         250, 5000, True, 16
     )
+    assert t.profile_process is True
     monkeypatch.setenv("LOYALTY_CDP_PROFILE_CHUNK", "40")
     monkeypatch.setenv("LOYALTY_CDP_FAUST_BATCHED_DRAIN", "0")
     monkeypatch.setenv("LOYALTY_CDP_MALLOC_TRIM_MB", "0")
@@ -54,6 +56,7 @@ def test_worker_tuning_defaults_and_values(monkeypatch: pytest.MonkeyPatch) -> N
         ("LOYALTY_CDP_BATCH_WITHIN_MS", "-5"),
         ("LOYALTY_CDP_FETCH_MAX_WAIT_MS", "1.5"),
         ("LOYALTY_CDP_INTERNAL_WEB_PORT", "70000"),
+        ("LOYALTY_CDP_PROFILE_PROCESS", "maybe"),
     ],
 )
 def test_bad_worker_tuning(monkeypatch: pytest.MonkeyPatch, name: str, raw: str) -> None:

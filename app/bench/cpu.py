@@ -4,8 +4,10 @@ Why: on a shared 2-core host the pipeline's wall-clock figures move by 15-30% wi
 else runs, while the CPU each process spends per event hardly moves. ``bench pipeline``
 reports both, so a change can be judged by where its CPU went, not only by a noisy rate.
 
-Roles: ``worker`` (the stream worker's own process: Faust, the identity and profile stages),
-``decisions`` (its decisioning child), ``api`` (its API child), ``postgres`` (the server and
+Roles: ``worker`` (the stream worker's own process: Faust, the canonical and identity stages),
+``profiles`` (its profile-stage child, named ``lcdp-profiles``; the worker itself when
+``LOYALTY_CDP_PROFILE_PROCESS=0``), ``decisions`` (its decisioning child), ``api`` (its API
+child), ``postgres`` (the server and
 every backend), ``broker`` and ``cdc``. A process that exits between two readings loses its
 time, which is fine for a bench over a steady stack.
 """
@@ -16,9 +18,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ROLES", "cpu_by_role", "per_event_ms"]
+__all__ = ["PROFILES_NAME", "ROLES", "cpu_by_role", "per_event_ms", "stage_processes"]
 
-ROLES = ("worker", "decisions", "api", "postgres", "broker", "cdc")
+ROLES = ("worker", "profiles", "decisions", "api", "postgres", "broker", "cdc")
+#: ``streams.profile_process.PROCESS_NAME`` (not imported: that module imports Faust)
+PROFILES_NAME = "lcdp-profiles"
 _PROC = Path("/proc")
 
 
@@ -35,6 +39,7 @@ def _table() -> tuple[dict[int, int], dict[int, float], dict[int, str]]:
         try:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
             cmd[pid] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd[pid] += " comm=" + (d / "comm").read_text().strip()
         except OSError:
             continue
         ppid[pid] = int(fields[1])
@@ -54,6 +59,17 @@ def _tree(root: int, ppid: Mapping[int, int]) -> set[int]:
     return out
 
 
+def stage_processes(worker: int) -> list[int]:
+    """The worker and its profile-stage child: the processes that hold the stages' state
+    (the member states live in the child; with ``LOYALTY_CDP_PROFILE_PROCESS=0`` there is
+    none and this is the worker alone)."""
+    if not _PROC.is_dir():
+        return [worker]
+    ppid, _, cmd = _table()
+    named = f" comm={PROFILES_NAME}"
+    return [worker, *sorted(p for p, up in ppid.items() if up == worker and cmd[p].endswith(named))]
+
+
 def cpu_by_role(roots: Mapping[str, int | None]) -> dict[str, float]:
     """CPU seconds so far of each role, from the pids of ``worker``, ``postgres`` (the
     postmaster), ``broker`` and ``cdc``; the worker's children are split by what they run."""
@@ -67,7 +83,12 @@ def cpu_by_role(roots: Mapping[str, int | None]) -> dict[str, float]:
         for pid in _tree(root, ppid):
             r = role
             if role == "worker" and pid != root:
-                r = "api" if "api_server" in cmd.get(pid, "") else "decisions"
+                line = cmd.get(pid, "")
+                r = (
+                    "api" if "api_server" in line
+                    else "profiles" if f"comm={PROFILES_NAME}" in line
+                    else "decisions"
+                )
             out[r] += cpu.get(pid, 0.0)
     return out
 

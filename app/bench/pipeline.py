@@ -22,8 +22,9 @@ Figures (nothing here is pass/fail):
   produced until the profiles stage caught up, and ``cpu_ms_per_event_with_offers`` until
   decisioning caught up (``app/bench/cpu.py``): far less noisy than the rates on a shared
   host, and it says where the time goes.
-* ``rss_bytes_per_member``: growth of the worker's resident memory over the throughput
-  phase divided by the members it added (state cache, graph, Python overhead included).
+* ``rss_bytes_per_member``: growth of the resident memory of the worker and its profile
+  process (the stages) over the throughput phase divided by the members it added (state
+  cache, graph, Python overhead included).
   Most of it is the high-water mark of the stages' batches, which does not depend on the
   member count (README, Benchmarks), so also:
 * ``rss_bytes_per_added_member``: the growth over a second burst of the same size for as
@@ -47,7 +48,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
-from app.bench.cpu import cpu_by_role, per_event_ms
+from app.bench.cpu import cpu_by_role, per_event_ms, stage_processes
 from app.bench.hops import end_offsets, hop_latencies, read_since
 from app.cdc.connectors import change_topics
 from app.stack import embedded, postgres
@@ -169,13 +170,17 @@ def _produce(broker: str, msgs: list[tuple[bytes, bytes]]) -> None:
     p.close()
 
 
-def _rss(pid: int | None) -> int:
-    if pid is None:
+def _rss(worker: int | None) -> int:
+    """Resident memory of the worker and its profile-stage child (the stages' state)."""
+    if worker is None:
         return 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    total = 0
+    for pid in stage_processes(worker):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def bare_loop(broker: str, start: list[TopicPartition], count: int) -> float:

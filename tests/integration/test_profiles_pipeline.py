@@ -14,9 +14,10 @@ offline must be exactly the ids the pipeline published on ``cdp.events``.
 
 The tests run in file order and build on each other (one stack, cumulative data):
 history -> SIGKILL of the worker mid-stream (second, overlapping batch: late records
-against the clock) -> replay -> duplicated change events -> loyalty events and snapshots
-validated against their JSON Schemas, with no duplicate event ids across all of it; every
-guest purchase of the final folds was published once as a moment on ``cdp.guest_purchases``.
+against the clock) -> SIGKILL of its profile process mid-stream (third batch) -> replay ->
+duplicated change events -> loyalty events and snapshots validated against their JSON
+Schemas, with no duplicate event ids across all of it; every guest purchase of the final
+folds was published once as a moment on ``cdp.guest_purchases``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import difflib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -51,6 +53,7 @@ from app.stack import embedded
 from app.stack.pipeline import tick, wait_caught_up
 from app.stack.state import StackPaths
 from streams.outbox import GUEST_PURCHASE
+from streams.profile_process import PROCESS_NAME
 from streams.store import Store
 from tests.integration.kafka_util import read_topic
 from tests.offline_pipeline import Folded, fold, map_traffic, records_of
@@ -62,6 +65,7 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 # of its records arrive "late" with respect to the manual clock already ticked past them.
 BATCH_1 = (150, 60, 501, START)
 BATCH_2 = (80, 45, 502, START + timedelta(days=30))
+BATCH_3 = (50, 30, 503, START + timedelta(days=50))
 WAIT_S = 300.0
 PIPELINE_TOPICS = [
     *(f"{src}.public.{t}" for src, t in TABLES),
@@ -351,6 +355,45 @@ def test_sigkill_of_the_worker_mid_stream_loses_and_duplicates_nothing(run: Run)
     settle(run)
     assert_canonical_exact(run, once=False)
     assert_profiles_match(run, "after SIGKILL")
+
+
+def profile_process_of(worker_pid: int) -> int | None:
+    """The pid of the worker's profile-stage child (streams/profile_process.py), by name."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                comm = (d / "comm").read_text().strip()
+            except OSError:
+                continue
+            if ppid == worker_pid and comm == PROCESS_NAME:
+                return int(d.name)
+    return None
+
+
+def test_sigkill_of_the_profile_process_mid_stream_is_survived_exactly(run: Run) -> None:
+    """The worker replaces a profile process that died; the worker itself stays up."""
+    worker = StackPaths(run.state_dir).process("worker")
+    pid = worker.pid()
+    assert pid is not None
+    child = profile_process_of(pid)
+    assert child is not None, "no profile process under the worker"
+    base = high_watermarks(run.broker, "cdp.resolved")
+    writers = Writers(run, generate(*BATCH_3), rate=300)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and high_watermarks(run.broker, "cdp.resolved") < base + 50:
+        time.sleep(0.05)
+    busy = writers.busy()
+    os.kill(child, signal.SIGKILL)
+    print(f"profile process SIGKILLed (writers still running: {busy})")
+    assert busy, "the kill did not land mid-stream"
+    writers.join()
+    settle(run)
+    assert worker.pid() == pid and worker.is_running(), "the worker did not survive"
+    replacement = profile_process_of(pid)
+    assert replacement is not None and replacement != child
+    assert_canonical_exact(run, once=False)
+    assert_profiles_match(run, "after SIGKILL of the profile process")
 
 
 def outbox_ids(r: Run, kind: str | None = None) -> set[str]:
