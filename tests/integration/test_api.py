@@ -24,6 +24,7 @@ import pytest
 
 from app.stack import embedded, pipeline
 from app.stack.state import StackPaths
+from streams.profile_process import PROCESS_NAME
 from streams.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -207,6 +208,14 @@ def _wait_until(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _comm(pid: int) -> str:
+    """The process's name (``/proc/<pid>/comm``; the profile process names itself)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _nice(pid: int, tid: int | None = None) -> int:
     """The nice value of a thread (``tid``, default the main thread) of ``pid``."""
     stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
@@ -225,10 +234,14 @@ def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
     wpid = paths.process("worker").pid()
     assert wpid is not None
     assert _nice(_api_child(wpid)) == base
-    decisioning = [p for p, cmd in _children(wpid) if "spawn_main" in cmd]
+    spawned = [p for p, cmd in _children(wpid) if "spawn_main" in cmd]
+    profiles = [p for p in spawned if _comm(p) == PROCESS_NAME]
+    decisioning = [p for p in spawned if p not in profiles]
     assert decisioning, _children(wpid)  # started by the fixture's purchases
     # LOYALTY_CDP_DECISIONS_NICE (5) further below the stages that feed it
     assert all(_nice(p) == min(base + 15, 19) for p in decisioning)
+    # the profile stage's process is a stage: the worker's priority
+    assert len(profiles) == 1 and _nice(profiles[0]) == min(base + 10, 19), spawned
     # and so are the PostgreSQL processes that run its SQL; the stages' are not
     with psycopg.connect(stack["store"]) as conn:
         backends = conn.execute(
@@ -240,6 +253,7 @@ def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
         by_name.setdefault(name, set()).add(_nice(pid))
     assert by_name["loyalty-cdp decisions"] == {min(base + 15, 19)}, by_name
     assert min(base + 15, 19) not in by_name["loyalty-cdp worker"], by_name
+    assert min(base + 15, 19) not in by_name["loyalty-cdp profiles"], by_name
 
 
 def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
