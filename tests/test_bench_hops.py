@@ -30,3 +30,20 @@ def test_rows_missing_an_end_are_left_out() -> None:
 
 def test_txn_id_of_a_record_id() -> None:
     assert _txn("pos.transactions:LTab-0000001@purchase.completed") == "LTab-0000001"
+
+
+def test_stage_batches_between_two_healthz_readings() -> None:
+    from app.bench.pipeline import stage_batches
+
+    before = {
+        "identity": {"in": 100, "batches": 10, "busy_ms": 50},
+        "profiles": {"notes": 80, "batches": 4, "busy_ms": 40},
+    }
+    after = {
+        "identity": {"in": 400, "batches": 30, "busy_ms": 250},
+        "profiles": {"notes": 80, "batches": 4, "busy_ms": 40},  # no batch in between
+    }
+    assert stage_batches(before, after) == {
+        "identity": {"batches": 20, "messages_per_batch": 15.0, "busy_ms_per_batch": 10.0}
+    }
+    assert stage_batches({}, {}) == {}

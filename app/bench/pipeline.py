@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -91,6 +92,9 @@ class PipelineBenchResult:
     cpu_ms_per_event_with_offers: dict[str, float] = field(default_factory=dict)
     #: the latency phase per hop (app/bench/hops.py): hop -> p50/p99 ms and rows
     latency_hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the latency phase per stage, from the worker's ``/healthz`` counters: batches, and
+    #: messages and busy milliseconds per batch (how the stages batched at that rate)
+    latency_batches: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +172,29 @@ def _produce(broker: str, msgs: list[tuple[bytes, bytes]]) -> None:
         p.poll(0)
     p.flush(60)
     p.close()
+
+
+def _stage_counts(st: dict[str, Any]) -> dict[str, Any]:
+    """The worker's stage counters (``/healthz``); empty when it does not answer."""
+    try:
+        return dict(httpx.get(f"{st['api']}/healthz", timeout=5).json())
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def stage_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per stage between two ``/healthz`` readings: batches, messages and busy ms per batch."""
+    out: dict[str, dict[str, float]] = {}
+    for stage, msgs in (("identity", "in"), ("profiles", "notes")):
+        a, b = before.get(stage) or {}, after.get(stage) or {}
+        n = b.get("batches", 0) - a.get("batches", 0)
+        if n > 0:
+            out[stage] = {
+                "batches": n,
+                "messages_per_batch": round((b[msgs] - a[msgs]) / n, 1),
+                "busy_ms_per_batch": round((b["busy_ms"] - a["busy_ms"]) / n, 1),
+            }
+    return out
 
 
 def _rss(worker: int | None) -> int:
@@ -390,7 +417,9 @@ def run_pipeline_bench(
             added = max(0, _rss(pid) - rss2) / members
             say(f"latency at {rate:,} rows/s for {duration:.0f}s")
             txns = next(t for t in change_topics(specs) if t.endswith(".transactions"))
+            before = _stage_counts(st)
             total, received, lat, hops = measure_latency(st, rate, duration, tag, txns)
+            batches = stage_batches(before, _stage_counts(st))
             if received < total:
                 notes.append(f"only {received}/{total} latency rows produced an event in time")
             return PipelineBenchResult(
@@ -409,6 +438,7 @@ def run_pipeline_bench(
                 p50_ms=round(_percentile(lat, 50), 1) if lat else None,
                 p99_ms=round(_percentile(lat, 99), 1) if lat else None,
                 latency_hops_ms=hops,
+                latency_batches=batches,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
                 cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
