@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -85,6 +86,23 @@ def event_type(payload: bytes) -> str:
     return payload[i : payload.index(b'"', i)].decode()
 
 
+def _count_gc(counts: dict[str, int]) -> None:
+    """Add this process's garbage-collector time (``gc_ms``) and full collections
+    (``gc_full``) to ``counts``: the member states are a large heap of long-lived objects,
+    and a full collection walks all of it (``/healthz`` shows both)."""
+    counts["gc_ms"] = counts["gc_full"] = 0
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            counts["gc_ms"] += int((time.perf_counter() - started[0]) * 1000)
+            counts["gc_full"] += info["generation"] == 2
+
+    gc.callbacks.append(on_gc)
+
+
 class ProfileHost:
     """Where the stage runs: its calls, each returning a :data:`Report`."""
 
@@ -100,6 +118,7 @@ class ProfileHost:
             self.types.update(event_type(r.payload) for r in rows if r.topic == LOYALTY)
 
         stage.outbox.publish = counted  # type: ignore[method-assign]
+        _count_gc(stage.counts)
 
     def report(self) -> Report:
         seconds, self._seconds = self._seconds, []

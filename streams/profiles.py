@@ -60,7 +60,8 @@ __all__ = ["COUNTS", "ProfileStage", "encode_tick"]
 
 #: the stage's counters (``/healthz``, ``/metrics``)
 COUNTS = (
-    "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected", "busy_ms"
+    "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected", "busy_ms",
+    "records_read", "reloads",
 )
 
 
@@ -386,6 +387,7 @@ class ProfileStage:
         for pid, refold in touched.items():
             cached = pid in self.states and db_versions.get(pid, 0) == self.versions.get(pid)
             if refold or not cached:
+                self.counts["reloads"] += pid in self.states or refold  # not a first load
                 self._forget(pid)
                 after[pid] = 0
             else:
@@ -393,6 +395,7 @@ class ProfileStage:
         changed: set[str] = set()
         gone: list[str] = []
         for pid, rows in self.store.records_of(conn, after).items():
+            self.counts["records_read"] += len(rows)
             if not rows:
                 if after[pid] == 0:
                     gone.append(pid)  # no records left: absorbed by a merge, or renamed

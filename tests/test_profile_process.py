@@ -10,6 +10,7 @@ figures the worker shows add up across children without ever going back.
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import os
 from collections import Counter
@@ -166,6 +167,9 @@ def test_the_host_reports_counts_published_types_and_durations() -> None:
     assert len(report["batch_seconds"]) == 1 and report["batch_seconds"][0] >= 0
     assert host.report()["batch_seconds"] == []  # each duration is reported once
     assert trims  # the child gives freed memory back after its calls
+    full = host.report()["counts"]["gc_full"]
+    gc.collect()
+    assert host.report()["counts"]["gc_full"] == full + 1  # the collector's work is counted
 
 
 def test_the_process_name_is_the_one_the_bench_looks_for() -> None:

@@ -94,6 +94,11 @@ def bench_pipeline(
     duration: float = typer.Option(
         10.0, "--duration", min=1.0, help="Seconds of the latency phase."
     ),
+    warmup: float = typer.Option(
+        5.0, "--warmup", min=0.0,
+        help="Seconds of the same traffic before the latency phase, not measured (the CDC"
+        " runner's JVM and the stages' code paths warm, as in a running deployment).",
+    ),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir)."
     ),
@@ -106,7 +111,7 @@ def bench_pipeline(
 
     console = Console(stderr=True)
     result = run_pipeline_bench(
-        state_dir, members=members, events=events, rate=rate, duration=duration,
+        state_dir, members=members, events=events, rate=rate, duration=duration, warmup=warmup,
         say=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     if as_json:

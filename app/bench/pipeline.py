@@ -14,7 +14,8 @@ Figures (nothing here is pass/fail):
   messages on the same broker in the same run (the Python + broker limit); ``ratio`` is the
   first over the second.
 * ``p50_ms`` / ``p99_ms``: source commit (a POS transaction of an enrolled card) to its
-  ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s;
+  ``loyalty.points_earned`` event on ``loyalty.events``, at a steady ``rate`` rows/s, after
+  ``warmup`` seconds of the same traffic that are not measured;
   ``latency_hops_ms`` the same per hop (change topic, ``cdp.events``, ``cdp.resolved``,
   ``loyalty.events``; ``app/bench/hops.py``).
 * ``cpu_ms_per_event``: CPU milliseconds per event of each process role (worker, its
@@ -95,6 +96,9 @@ class PipelineBenchResult:
     #: the latency phase per stage, from the worker's ``/healthz`` counters: batches, and
     #: messages and busy milliseconds per batch (how the stages batched at that rate)
     latency_batches: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: CPU ms per row by process role over the latency phase (writing, the 20 s wait for
+    #: the last rows included; decisioning runs then too)
+    latency_cpu_ms_per_row: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +198,9 @@ def stage_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, di
                 "messages_per_batch": round((b[msgs] - a[msgs]) / n, 1),
                 "busy_ms_per_batch": round((b["busy_ms"] - a["busy_ms"]) / n, 1),
             }
+            for extra in ("records_read", "reloads", "gc_ms", "gc_full"):  # the profile stage's
+                if extra in b:
+                    out[stage][extra] = b[extra] - a.get(extra, 0)
     return out
 
 
@@ -366,6 +373,7 @@ def run_pipeline_bench(
     events: int = 20_000,
     rate: int = 1_000,
     duration: float = 10.0,
+    warmup: float = 5.0,
     say: Say = _quiet,
 ) -> PipelineBenchResult:
     tag = uuid.uuid4().hex[:6]
@@ -415,11 +423,18 @@ def run_pipeline_bench(
             _produce(st["broker"], synthetic_events(members, events, tag + "m"))
             wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
             added = max(0, _rss(pid) - rss2) / members
-            say(f"latency at {rate:,} rows/s for {duration:.0f}s")
             txns = next(t for t in change_topics(specs) if t.endswith(".transactions"))
-            before = _stage_counts(st)
+            if warmup > 0:
+                # The CDC runner has been idle so far (the throughput phase writes to
+                # cdp.events directly): its JVM would compile Debezium's hot paths during
+                # the measured rows. A deployment's engine is warm.
+                say(f"warm-up at {rate:,} rows/s for {warmup:.0f}s (not measured)")
+                measure_latency(st, rate, warmup, tag + "w", txns)
+            say(f"latency at {rate:,} rows/s for {duration:.0f}s")
+            before, cpu_before = _stage_counts(st), cpu_by_role(roots)
             total, received, lat, hops = measure_latency(st, rate, duration, tag, txns)
             batches = stage_batches(before, _stage_counts(st))
+            latency_cpu = per_event_ms(cpu_before, cpu_by_role(roots), total)
             if received < total:
                 notes.append(f"only {received}/{total} latency rows produced an event in time")
             return PipelineBenchResult(
@@ -439,6 +454,7 @@ def run_pipeline_bench(
                 p99_ms=round(_percentile(lat, 99), 1) if lat else None,
                 latency_hops_ms=hops,
                 latency_batches=batches,
+                latency_cpu_ms_per_row=latency_cpu,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
                 cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
