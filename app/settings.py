@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     #: at 100 ms 5%. Under load a change waits at most this long for its batch (50 ms on
     #: average), a small price for a core's fifth that the stream stages get instead.
     cdc_poll_interval_ms: int = Field(100, ge=1, le=60_000)
+    #: Extra options of the CDC runner's JVM (space-separated), after its own ``-Xrs``, log
+    #: configuration and ``-Xmx1g``. The default keeps the JIT at its first tier (C1): on a
+    #: 2-core host the C2 compiler took ~3 of every 4 CPU-seconds of the CDC runner for
+    #: minutes after a start (0.3 ms of C2 per row at 1,000 rows/s after a 5 s warm-up),
+    #: while C1 code keeps up with far more than the pipeline carries. ``""`` = the JVM's
+    #: defaults (full tiered compilation).
+    cdc_jvm_opts: str = "-XX:TieredStopAtLevel=1"
 
 
 class WorkerTuning(BaseSettings):
@@ -61,7 +68,10 @@ class WorkerTuning(BaseSettings):
     stage_batch: int = Field(5000, ge=1, le=100_000)
     #: How long an idle stage lingers after its first message to batch more with it (a busy
     #: stage hands on what arrived during its last batch at once; streams/faust_patches.py).
-    batch_within_ms: int = Field(200, ge=1, le=60_000)
+    #: 20 ms since session 6 (was 200): at 500 rows/s commit -> loyalty event went from
+    #: p50 807 / p99 1,377 ms to 412 / 850 ms; a burst's throughput fell ~13% (smaller
+    #: first batches downstream), README Benchmarks.
+    batch_within_ms: int = Field(20, ge=1, le=60_000)
     #: Messages an agent's stream queues ahead of its take buffer (streams/app.py).
     stream_buffer: int = Field(4096, ge=64, le=1_000_000)
     #: RSS growth after which the worker returns free C-heap memory (streams/malloc_trim.py);

@@ -448,7 +448,12 @@ class DecisionAgent:
         ):
             consent = (orjson.loads(bytes(payload)).get("data") or {}).get("consent") or {}
             b.push[pid] = consent.get("push_token") is True
-        members = sorted({m for d in b.docs.values() for m in d.get("member_nos") or ()})
+        # member number -> the batch's profiles holding it (one pass, not one per row below)
+        holders: dict[str, set[str]] = {}
+        for q, d in b.docs.items():
+            for m in d.get("member_nos") or ():
+                holders.setdefault(m, set()).add(q)
+        members = sorted(holders)
         since = min(p.moment.at for p in todo) - self.lookback
         if not self.manual:
             since = min(since, self.now() - self.lookback)
@@ -459,9 +464,7 @@ class DecisionAgent:
             ),
             {"p": pids, "m": members, "since": since},
         ):
-            owners = {pid} | {
-                q for q, d in b.docs.items() if mid is not None and mid in d.get("member_nos", ())
-            }
+            owners = {pid, *holders.get(mid, ())} if mid is not None else {pid}
             for owner in owners:
                 b.history.setdefault(owner, []).extend(Send(o, ch, at) for o in offers)
         return b

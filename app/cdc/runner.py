@@ -238,7 +238,10 @@ def run(state_dir: Path) -> int:
                 properties=props,
                 handler=_make_handler(producer, spec, paths.cdc_dir),
                 format="json",
-                jvm_opts=["-Xrs", f"-Dlog4j2.configurationFile={log4j}", "-Xmx1g"],
+                jvm_opts=[
+                    "-Xrs", f"-Dlog4j2.configurationFile={log4j}", "-Xmx1g",
+                    *cfg.cdc_jvm_opts.split(),
+                ],
                 jvm_path=str(libjvm),
             )
         )

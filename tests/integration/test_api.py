@@ -256,6 +256,19 @@ def test_streams_run_below_the_api(stack: dict[str, Any]) -> None:
     assert min(base + 15, 19) not in by_name["loyalty-cdp profiles"], by_name
 
 
+def test_the_cdc_runner_jvm_compiles_with_c1_only(stack: dict[str, Any]) -> None:
+    """``LOYALTY_CDP_CDC_JVM_OPTS`` (default ``-XX:TieredStopAtLevel=1``) reaches the JVM: it
+    has a C1 compiler thread and no C2 one (C2 took ~3 of 4 CPU-seconds of the runner)."""
+    pid = StackPaths(stack["state_dir_path"].resolve()).process("cdc").pid()
+    assert pid is not None
+    names = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            names.add((task / "comm").read_text().strip())
+    assert any(n.startswith("C1 Compiler") for n in names), sorted(names)
+    assert not any(n.startswith("C2 Compiler") for n in names), sorted(names)
+
+
 def test_api_process_serves_the_web_port_and_is_restarted(stack: dict[str, Any]) -> None:
     worker = StackPaths(stack["state_dir_path"].resolve()).process("worker")
     wpid = worker.pid()
