@@ -5,11 +5,13 @@ equal the offline fold, and no loyalty event may be published twice.
 What makes this exact is in the README ("Architecture"): identity batches serialise on a
 PostgreSQL advisory lock and catch their in-memory graph up from ``records.seq``; a profile
 partition's owner holds a per-partition lock and trusts its cache only while the store's
-``version`` is its own.
+``version`` is its own. The second worker runs its profile stage on a thread
+(``LOYALTY_CDP_PROFILE_PROCESS=0``), the first in a child process.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -32,6 +34,7 @@ from tests.integration.test_profiles_pipeline import (
     assert_profiles_match,
     high_watermarks,
     manual_stack,
+    profile_process_of,
     settle,
 )
 
@@ -61,9 +64,12 @@ def test_a_worker_joining_and_leaving_mid_stream_keeps_results_exact(stack: Run)
     time.sleep(4)  # the first worker alone
     second = paths.process("worker2")
     port = free_port()
+    # The second worker runs its profile stage on a thread (LOYALTY_CDP_PROFILE_PROCESS=0),
+    # the first in its child process: both designs, and a group that mixes them, stay exact.
     second.start(
         [sys.executable, "-m", "streams.worker", "--state-dir", str(stack.state_dir),
-         "--web-port", str(port)]
+         "--web-port", str(port)],
+        env={**os.environ, "LOYALTY_CDP_PROFILE_PROCESS": "0"},
     )
     assert wait_listening(port, timeout=60), "the second worker did not start"
     deadline = time.monotonic() + 90
@@ -72,6 +78,10 @@ def test_a_worker_joining_and_leaving_mid_stream_keeps_results_exact(stack: Run)
         time.sleep(1)
         took = _counts(port)
     assert min(took.values()) > 0, f"the second worker did not work in both stages: {took}"
+    first, second_pid = paths.process("worker").pid(), second.pid()
+    assert first is not None and second_pid is not None
+    assert profile_process_of(first) is not None  # the first folds in its child process,
+    assert profile_process_of(second_pid) is None  # the second on a thread
     # more traffic while it leaves: the group rebalances back to the first worker
     more = Writers(stack, generate(60, 40, 702, START + timedelta(days=10)), rate=250.0)
     time.sleep(2)
