@@ -13,6 +13,7 @@ import functools
 import gc
 import multiprocessing
 import os
+import weakref
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -174,3 +175,41 @@ def test_the_host_reports_counts_published_types_and_durations() -> None:
 
 def test_the_process_name_is_the_one_the_bench_looks_for() -> None:
     assert PROCESS_NAME == PROFILES_NAME  # what bench pipeline's CPU reading looks for
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+class _CyclingStage(_Stage):
+    """A batch that leaves one object in a reference cycle (garbage) and keeps one alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.garbage: list[weakref.ref[_Cycle]] = []
+        self.kept: list[_Cycle] = []
+
+    def process(self, notes: list[tuple[int, bytes]]) -> None:
+        super().process(notes)
+        self.garbage.append(weakref.ref(_Cycle()))
+        self.kept.append(_Cycle())
+
+
+def test_the_child_freezes_what_survives_a_batch_and_collects_young_cycles() -> None:
+    stage = _CyclingStage()
+    host = ProfileHost(stage, settle_gc=True)  # type: ignore[arg-type]
+    try:
+        host.process([(0, b"{}")])
+        assert stage.garbage[0]() is None  # the batch's cycle: collected before the freeze
+        assert gc.get_freeze_count() > 0  # the survivors: not walked by collections again
+        frozen = stage.kept.pop()  # becomes garbage after it was frozen ...
+        ref = weakref.ref(frozen)
+        del frozen
+        gc.collect()
+        assert ref() is not None  # ... so the automatic collections do not see it,
+        host.FULL_GC_EVERY_S = 0.0
+        host.report()
+        assert ref() is None  # but the periodic full collection does
+    finally:
+        gc.unfreeze()
