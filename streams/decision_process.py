@@ -16,48 +16,43 @@ Priority: it runs ``LOYALTY_CDP_DECISIONS_NICE`` (5) steps below the stages that
 connections when the server is on this host (``Store(backend_nice=)``): on a saturated host
 the loyalty events come first.
 
-Lifetime: started with the ``spawn`` method (the worker has threads; forking them is
-unsafe), it ignores Ctrl-C (the worker shuts it down), and a watchdog thread exits it when
-the worker dies (e.g. SIGKILL), so no orphan keeps store connections or advisory locks.
+Lifetime (streams/child_process.py): started with the ``spawn`` method (the worker has
+threads; forking them is unsafe), it ignores Ctrl-C (the worker shuts it down), and a
+watchdog thread exits it when the worker dies (e.g. SIGKILL), so no orphan keeps store
+connections or advisory locks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import signal
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
+
+from streams.child_process import become_child, spawn_pool
 
 if TYPE_CHECKING:
     from streams.decisioning import DecisionAgent
 
 __all__ = ["guest_purchases", "loyalty", "start_pool"]
 
+#: what ``ps``/``top`` (``/proc/<pid>/comm``) show for the child
+PROCESS_NAME = "lcdp-decisions"
 _AGENT: DecisionAgent | None = None  # the child's agent
 
 
 def start_pool(broker: str, clock: str, store_dsn: str) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init,
-        initargs=(broker, clock, store_dsn, os.getpid()),
-    )
+    return spawn_pool(_init, broker, clock, store_dsn)
 
 
 def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
     global _AGENT
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    become_child(parent, PROCESS_NAME)
     from app.stack.process import decisions_nice
 
     with contextlib.suppress(OSError):
         os.nice(decisions_nice())  # validated by the worker before it started
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     from app.decisioning import load_catalog
     from app.domain.program import load_program
     from app.settings import settings
@@ -78,12 +73,6 @@ def _init(broker: str, clock: str, store_dsn: str, parent: int) -> None:
         broker,
         clock=clock,
     )
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)  # the worker is gone: its replacement re-delivers what was not committed
 
 
 def _agent() -> DecisionAgent:

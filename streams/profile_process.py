@@ -33,14 +33,8 @@ committed offsets and the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import gc
 import logging
-import multiprocessing
-import os
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,6 +42,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from streams.child_process import become_child, spawn_pool
 from streams.profiles import COUNTS, ProfileStage
 from streams.topics import LOYALTY
 
@@ -58,7 +53,6 @@ __all__ = [
     "Report",
     "advance_wall_clock",
     "assign",
-    "name_process",
     "process",
     "revoke",
     "start_pool",
@@ -284,12 +278,7 @@ class ProfileHandle:
 
 def start_pool(broker: str, clock: str, store_dsn: str, partitions: int) -> ProcessPoolExecutor:
     """The one-process pool (started now, so the first call does not wait for its imports)."""
-    pool = ProcessPoolExecutor(
-        1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init,
-        initargs=(broker, clock, store_dsn, partitions, os.getpid()),
-    )
+    pool = spawn_pool(_init, broker, clock, store_dsn, partitions)
     pool.submit(int)  # starts the process
     return pool
 
@@ -297,18 +286,9 @@ def start_pool(broker: str, clock: str, store_dsn: str, partitions: int) -> Proc
 _HOST: ProfileHost | None = None  # the child's stage
 
 
-def name_process(name: str) -> None:
-    """Set this process's name as ``ps``, ``top`` and ``/proc/<pid>/comm`` show it (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-
-
 def _init(broker: str, clock: str, store_dsn: str, partitions: int, parent: int) -> None:
     global _HOST
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    name_process(PROCESS_NAME)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    become_child(parent, PROCESS_NAME)
     from app.domain.program import load_program
     from app.settings import settings, worker_tuning
     from streams.malloc_trim import Trimmer, glibc_trim, rss_bytes
@@ -325,12 +305,6 @@ def _init(broker: str, clock: str, store_dsn: str, partitions: int, parent: int)
     if trim is not None and trim_mb > 0 and rss_bytes():
         check = Trimmer(trim_mb << 20, trim).check  # the worker's own timer trims the worker
     _HOST = ProfileHost(stage, check, settle_gc=True)
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)  # the worker is gone: its replacement re-delivers what was not committed
 
 
 def _host() -> ProfileHost:
