@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from faust.web import Request, Response, View
 
 from app.cdc.connectors import change_topics, load_connectors
-from app.domain.program import load_program
+from app.domain.program import CompiledProgram, load_program
 from app.mapping.engine import Mapper
 from app.settings import settings, worker_tuning
 from app.stack.errors import StackError
@@ -77,21 +77,10 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     store = Store(cfg.store_dsn, application_name="loyalty-cdp worker")
     outbox = Outbox(store, out, cfg.broker)
     partitions = _partitions(cfg.broker, RESOLVED)
-    if worker_tuning().profile_process:
-        identity = IdentityStage(program, store, out, outbox, partitions)
-        def start() -> Executor:
-            return profile_process.start_pool(cfg.broker, cfg.clock, cfg.store_dsn, partitions)
-
-        profiles = ProfileHandle(start(), profile_process.CHILD_CALLS, restart=start)
-    else:  # the stage on a thread of this process, which can take the parsed records over
-        parsed = ParsedRecords()
-        identity = IdentityStage(program, store, out, outbox, partitions, parsed)
-        stage = ProfileStage(
-            program, store, out, Outbox(store, out, cfg.broker), partitions, clock=cfg.clock,
-            parsed=parsed,
-        )
-        profiles = ProfileHandle(ThreadPoolExecutor(1, thread_name_prefix="profiles"),
-                                 ProfileHost(stage).calls())
+    # the hand-over of parsed records only works within one process (the threaded stage)
+    parsed = None if worker_tuning().profile_process else ParsedRecords()
+    identity = IdentityStage(program, store, out, outbox, partitions, parsed)
+    profiles = _profile_stage(cfg, program, store, out, partitions, parsed)
     register_stages(app, identity, profiles)
     register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
@@ -116,6 +105,30 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
             )
 
     return app
+
+
+def _profile_stage(
+    cfg: WorkerSettings,
+    program: CompiledProgram,
+    store: Store,
+    out: BatchProducer,
+    partitions: int,
+    parsed: ParsedRecords | None,
+) -> ProfileHandle:
+    """The profile stage: in a child process (streams/profile_process.py), or on a thread of
+    this worker, taking ``parsed`` records over, with ``LOYALTY_CDP_PROFILE_PROCESS=0``."""
+    if parsed is None:
+
+        def start() -> Executor:
+            return profile_process.start_pool(cfg.broker, cfg.clock, cfg.store_dsn, partitions)
+
+        return ProfileHandle(start(), profile_process.CHILD_CALLS, restart=start)
+    stage = ProfileStage(
+        program, store, out, Outbox(store, out, cfg.broker), partitions, clock=cfg.clock,
+        parsed=parsed,
+    )
+    threads = ThreadPoolExecutor(1, thread_name_prefix="profiles")
+    return ProfileHandle(threads, ProfileHost(stage).calls())
 
 
 def main(argv: list[str] | None = None) -> int:
