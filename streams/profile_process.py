@@ -33,7 +33,6 @@ committed offsets and the store.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections import Counter
@@ -43,6 +42,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from streams.child_process import become_child, spawn_pool
+from streams.gc_freeze import GcFreezer, count_gc
 from streams.profiles import COUNTS, ProfileStage
 from streams.topics import LOYALTY
 
@@ -80,49 +80,23 @@ def event_type(payload: bytes) -> str:
     return payload[i : payload.index(b'"', i)].decode()
 
 
-def _count_gc(counts: dict[str, int]) -> None:
-    """Add this process's garbage-collector time (``gc_ms``) and full collections
-    (``gc_full``) to ``counts``: the member states are a large heap of long-lived objects,
-    and a full collection walks all of it (``/healthz`` shows both)."""
-    counts["gc_ms"] = counts["gc_full"] = 0
-    started = [0.0]
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            counts["gc_ms"] += int((time.perf_counter() - started[0]) * 1000)
-            counts["gc_full"] += info["generation"] == 2
-
-    gc.callbacks.append(on_gc)
-
-
 class ProfileHost:
     """Where the stage runs: its calls, each returning a :data:`Report`.
 
-    ``settle_gc`` (the child process): after every call the collector takes the young
-    garbage (generations 0 and 1) and then *freezes* what survived (``gc.freeze``), so the
-    automatic collections never walk the member states again. Why: the states are a large
-    heap of long-lived objects, and each time it had grown by a quarter CPython walked all of
-    it; at 500 rows/s one such full collection took ~460 ms in the middle of a batch (the
-    latency tail). The domain's objects form no reference cycles (freed by their reference
-    counts, frozen or not); what else a batch leaves in a cycle is collected young, before
-    the freeze. Every ``FULL_GC_EVERY_S`` a full collection of everything, frozen included,
-    bounds whatever cycle became garbage after it was frozen.
+    ``freezer`` (the child process): after every call the young garbage is collected and
+    the survivors, the member states above all, are frozen out of the collector's reach
+    (streams/gc_freeze.py).
     """
-
-    FULL_GC_EVERY_S = 600.0
 
     def __init__(
         self,
         stage: ProfileStage,
         trim: Callable[[], object] | None = None,
         *,
-        settle_gc: bool = False,
+        freezer: GcFreezer | None = None,
     ) -> None:
         self.stage = stage
-        self.settle_gc = settle_gc
-        self._full_gc_at = time.monotonic()
+        self.freezer = freezer
         self.types: Counter[str] = Counter()
         self._seconds: list[float] = []
         self._trim = trim
@@ -133,12 +107,12 @@ class ProfileHost:
             self.types.update(event_type(r.payload) for r in rows if r.topic == LOYALTY)
 
         stage.outbox.publish = counted  # type: ignore[method-assign]
-        _count_gc(stage.counts)
+        count_gc(stage.counts)
 
     def report(self) -> Report:
         seconds, self._seconds = self._seconds, []
-        if self.settle_gc:
-            self._settle_gc()
+        if self.freezer is not None:
+            self.freezer.settle()
         if self._trim is not None:
             self._trim()
         return {
@@ -147,16 +121,6 @@ class ProfileHost:
             "types": dict(self.types),
             "batch_seconds": seconds,
         }
-
-    def _settle_gc(self) -> None:
-        now = time.monotonic()
-        if now - self._full_gc_at >= self.FULL_GC_EVERY_S:
-            gc.unfreeze()
-            gc.collect()
-            self._full_gc_at = now
-        else:
-            gc.collect(1)
-        gc.freeze()
 
     def process(self, notes: Sequence[tuple[int, bytes]]) -> Report:
         t0 = time.perf_counter()
@@ -304,7 +268,7 @@ def _init(broker: str, clock: str, store_dsn: str, partitions: int, parent: int)
     check = None
     if trim is not None and trim_mb > 0 and rss_bytes():
         check = Trimmer(trim_mb << 20, trim).check  # the worker's own timer trims the worker
-    _HOST = ProfileHost(stage, check, settle_gc=True)
+    _HOST = ProfileHost(stage, check, freezer=GcFreezer())
 
 
 def _host() -> ProfileHost:

@@ -13,6 +13,7 @@ listens on an internal loopback port (``--internal-web-port``, default: a free o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -40,6 +41,7 @@ from streams.api_server import ApiSupervisor
 from streams.app import WorkerSettings, build_app
 from streams.canonical import register_canonical_agent
 from streams.decisioning import register_decisioning
+from streams.gc_freeze import GcFreezer, count_gc
 from streams.identity import IdentityStage
 from streams.malloc_trim import register_malloc_trim
 from streams.metrics import register_metrics
@@ -86,6 +88,14 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
     register_malloc_trim(app)
 
+    gc_counts: dict[str, int] = {}
+    count_gc(gc_counts)
+    freezer = GcFreezer()  # the identity graph out of the collector's reach (gc_freeze.py)
+
+    @app.timer(1.0)
+    async def settle_gc() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, freezer.settle)
+
     def published(topic: str) -> int:
         return outbox.published[topic] + profiles.published[topic]
 
@@ -99,6 +109,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
                     "canonical": router.counts,
                     "identity": identity.counts,
                     "profiles": profiles.counts,
+                    "worker_gc": gc_counts,
                     "loyalty_events_published": published(LOYALTY),
                     "guest_purchases_published": published(GUEST_PURCHASES),
                 }

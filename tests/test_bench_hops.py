@@ -47,3 +47,7 @@ def test_stage_batches_between_two_healthz_readings() -> None:
         "identity": {"batches": 20, "messages_per_batch": 15.0, "busy_ms_per_batch": 10.0}
     }
     assert stage_batches({}, {}) == {}
+    gc_before, gc_after = {"worker_gc": {"gc_ms": 5, "gc_full": 1}}, {
+        "worker_gc": {"gc_ms": 45, "gc_full": 2}
+    }
+    assert stage_batches(gc_before, gc_after) == {"worker_gc": {"gc_ms": 40, "gc_full": 1}}

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from app.bench.cpu import PROFILES_NAME
+from streams.gc_freeze import GcFreezer
 from streams.profile_process import PROCESS_NAME, ProfileHandle, ProfileHost
 from streams.profiles import COUNTS
 from streams.topics import LOYALTY
@@ -198,7 +199,8 @@ class _CyclingStage(_Stage):
 
 def test_the_child_freezes_what_survives_a_batch_and_collects_young_cycles() -> None:
     stage = _CyclingStage()
-    host = ProfileHost(stage, settle_gc=True)  # type: ignore[arg-type]
+    freezer = GcFreezer()
+    host = ProfileHost(stage, freezer=freezer)  # type: ignore[arg-type]
     try:
         host.process([(0, b"{}")])
         assert stage.garbage[0]() is None  # the batch's cycle: collected before the freeze
@@ -208,8 +210,32 @@ def test_the_child_freezes_what_survives_a_batch_and_collects_young_cycles() -> 
         del frozen
         gc.collect()
         assert ref() is not None  # ... so the automatic collections do not see it,
-        host.FULL_GC_EVERY_S = 0.0
+        freezer.full_every_s = 0.0
         host.report()
         assert ref() is None  # but the periodic full collection does
     finally:
+        gc.unfreeze()
+
+
+def test_the_freezer_collects_everything_only_when_its_period_is_up() -> None:
+    now = [0.0]
+    freezer = GcFreezer(full_every_s=600.0, clock=lambda: now[0])
+    full = [0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        full[0] += phase == "stop" and info["generation"] == 2
+
+    gc.callbacks.append(on_gc)
+    gc.disable()  # only the freezer's own collections count
+    try:
+        freezer.settle()
+        now[0] = 599.0
+        freezer.settle()
+        assert full[0] == 0  # young collections only
+        now[0] = 600.0
+        freezer.settle()
+        assert full[0] == 1 and gc.get_freeze_count() > 0  # one full, then frozen again
+    finally:
+        gc.enable()
+        gc.callbacks.remove(on_gc)
         gc.unfreeze()

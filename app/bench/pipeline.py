@@ -201,6 +201,9 @@ def stage_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, di
             for extra in ("records_read", "reloads", "gc_ms", "gc_full"):  # the profile stage's
                 if extra in b:
                     out[stage][extra] = b[extra] - a.get(extra, 0)
+    a, b = before.get("worker_gc") or {}, after.get("worker_gc") or {}
+    if b:  # the worker process's own garbage collector (canonical, identity, Faust)
+        out["worker_gc"] = {k: v - a.get(k, 0) for k, v in b.items()}
     return out
 
 
