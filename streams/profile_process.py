@@ -23,11 +23,12 @@ loyalty events per type and the batch durations since the last report, which the
 ``LOYALTY_CDP_PROFILE_PROCESS=0`` runs the same calls on a thread of the worker instead
 (the design before session 6), e.g. on a one-core host.
 
-Lifetime: as the decisioning process (:mod:`streams.decision_process`): ``spawn``, it
+Lifetime (:mod:`streams.child_process`, as the decisioning process): ``spawn``, it
 ignores Ctrl-C, and a watchdog exits it when the worker dies (a SIGKILL included), so no
 orphan keeps store connections or a partition's advisory lock. A child that dies breaks
-the pool; the next call raises and crashes the worker, whose restart resumes from the
-committed offsets and the store.
+its pool: :class:`ProfileHandle` starts a new one and makes the call again (too many
+deaths in a row crash the worker, whose restart resumes from the committed offsets and
+the store).
 """
 
 from __future__ import annotations
