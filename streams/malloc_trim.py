@@ -25,7 +25,7 @@ from typing import Any
 
 from app.settings import worker_tuning
 
-__all__ = ["Trimmer", "glibc_trim", "register_malloc_trim", "rss_bytes"]
+__all__ = ["Trimmer", "make_trimmer", "register_malloc_trim", "rss_bytes"]
 
 PERIOD_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -40,7 +40,7 @@ def rss_bytes() -> int:
         return 0
 
 
-def glibc_trim() -> Callable[[], int] | None:
+def _glibc_trim() -> Callable[[], int] | None:
     try:
         fn = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
@@ -76,12 +76,20 @@ class Trimmer:
         return True
 
 
-def register_malloc_trim(app: Any) -> Trimmer | None:
-    trim = glibc_trim()
+def make_trimmer() -> Trimmer | None:
+    """This process's trimmer (``LOYALTY_CDP_MALLOC_TRIM_MB``); None when it is off or there
+    is no glibc ``malloc_trim`` or ``/proc``."""
+    trim = _glibc_trim()
     trim_mb = worker_tuning().malloc_trim_mb
     if trim_mb <= 0 or trim is None or not rss_bytes():
         return None
-    trimmer = Trimmer(trim_mb << 20, trim)
+    return Trimmer(trim_mb << 20, trim)
+
+
+def register_malloc_trim(app: Any) -> Trimmer | None:
+    trimmer = make_trimmer()
+    if trimmer is None:
+        return None
 
     @app.timer(PERIOD_S)  # type: ignore[misc]
     async def malloc_trim() -> None:

@@ -255,8 +255,8 @@ def _init(broker: str, clock: str, store_dsn: str, partitions: int, parent: int)
     global _HOST
     become_child(parent, PROCESS_NAME)
     from app.domain.program import load_program
-    from app.settings import settings, worker_tuning
-    from streams.malloc_trim import Trimmer, glibc_trim, rss_bytes
+    from app.settings import settings
+    from streams.malloc_trim import make_trimmer
     from streams.outbox import Outbox
     from streams.producer import BatchProducer
     from streams.store import Store
@@ -265,10 +265,8 @@ def _init(broker: str, clock: str, store_dsn: str, partitions: int, parent: int)
     store = Store(store_dsn, application_name="loyalty-cdp profiles")
     out = BatchProducer(broker)
     stage = ProfileStage(program, store, out, Outbox(store, out, broker), partitions, clock=clock)
-    trim, trim_mb = glibc_trim(), worker_tuning().malloc_trim_mb
-    check = None
-    if trim is not None and trim_mb > 0 and rss_bytes():
-        check = Trimmer(trim_mb << 20, trim).check  # the worker's own timer trims the worker
+    trimmer = make_trimmer()  # the worker's own timer trims the worker
+    check = trimmer.check if trimmer is not None else None
     _HOST = ProfileHost(stage, check, freezer=GcFreezer())
 
 
