@@ -144,13 +144,9 @@ class ProfileHost:
         return self.report()
 
     def calls(self) -> dict[str, Callable[..., Report]]:
-        """The calls of a :class:`ProfileHandle` that runs this host on a thread."""
-        return {
-            "process": self.process,
-            "advance_wall_clock": self.advance_wall_clock,
-            "assign": self.assign,
-            "revoke": self.revoke,
-        }
+        """The calls of a :class:`ProfileHandle` that runs this host on a thread (the same
+        names as the child's, :data:`CHILD_CALLS`)."""
+        return {name: getattr(self, name) for name in CHILD_CALLS}
 
 
 class ProfileHandle:

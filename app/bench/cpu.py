@@ -66,8 +66,12 @@ def stage_processes(worker: int) -> list[int]:
     if not _PROC.is_dir():
         return [worker]
     ppid, _, cmd = _table()
-    named = f" comm={PROFILES_NAME}"
-    return [worker, *sorted(p for p, up in ppid.items() if up == worker and cmd[p].endswith(named))]
+    return [worker, *sorted(p for p, up in ppid.items() if up == worker and _profiles(cmd[p]))]
+
+
+def _profiles(line: str) -> bool:
+    """Whether a :func:`_table` command line is the profile-stage child's."""
+    return line.endswith(f" comm={PROFILES_NAME}")
 
 
 def cpu_by_role(roots: Mapping[str, int | None]) -> dict[str, float]:
@@ -86,7 +90,7 @@ def cpu_by_role(roots: Mapping[str, int | None]) -> dict[str, float]:
                 line = cmd.get(pid, "")
                 r = (
                     "api" if "api_server" in line
-                    else "profiles" if f"comm={PROFILES_NAME}" in line
+                    else "profiles" if _profiles(line)
                     else "decisions"
                 )
             out[r] += cpu.get(pid, 0.0)
