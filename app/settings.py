@@ -79,6 +79,10 @@ class WorkerTuning(BaseSettings):
     malloc_trim_mb: int = Field(16, ge=0)
     #: The consumers' fetch wait (streams/faust_patches.py).
     fetch_max_wait_ms: int = Field(20, ge=1, le=10_000)
+    #: The decisioning process's own consumer's fetch wait (streams/decision_process.py):
+    #: offers may wait this long for a quiet partition; a longer wait costs the broker
+    #: fewer idle fetches (Tansu scans every partition of a fetch).
+    decisions_fetch_wait_ms: int = Field(100, ge=1, le=10_000)
     #: False restores Faust's own per-message delivery (streams/faust_patches.py).
     faust_batched_drain: bool = True
     #: Run the profile stage in a child process of the worker (streams/profile_process.py);

@@ -36,6 +36,7 @@ last month is noise (a backlog ingested late decides only recent moments).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -479,10 +480,6 @@ def offers_file() -> Path:
     return Path(env) if env else settings().program_file.parent / "offers.yaml"
 
 
-BATCH = 5000
-WITHIN_S = 0.1
-
-
 def _insert_decisions(
     conn: Connection, decisions: list[dict[str, Any]], history: list[dict[str, Any]]
 ) -> None:
@@ -513,26 +510,25 @@ def _insert_decisions(
 
 
 def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str) -> None:
-    """Mount the agents (``loyalty.events``, ``cdp.guest_purchases``).
+    """Start the decisioning process with the worker, watch it, stop it at shutdown.
 
-    The decisions run in one child process, one batch at a time, so this worker's decision
-    batches are sequential; across workers the per-profile advisory lock serialises them.
-    Each agent acknowledges a batch only after the process committed its decisions.
+    It consumes ``loyalty.events`` and ``cdp.guest_purchases`` itself, in its own group
+    (streams/decision_process.py); this worker's Faust consumer does not read them.
     """
-    from streams import decision_process
-    from streams.stages import run_stage
-    from streams.topics import GUEST_PURCHASES, LOYALTY
+    from streams.decision_process import DecisionProcess
+    from streams.stages import crash_on_failure
 
-    pool = decision_process.start_pool(broker, clock, store_dsn)
+    child = DecisionProcess(broker, clock, store_dsn)
 
-    def mount(topic: str, name: str, decide_batch: Callable[[Sequence[bytes]], Any]) -> None:
-        channel = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_decisions() -> None:
+        child.start()
 
-        @app.agent(channel, name=name)
-        async def agent(stream: Any) -> None:
-            async for events in stream.take_events(BATCH, within=WITHIN_S):
-                await run_stage(app, pool, decide_batch, [e.message.value for e in events])
-                del events  # not kept (messages and all) while the stream is idle
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def watch_decisions() -> None:
+        async with crash_on_failure(app, "decisioning process"):
+            child.check()
 
-    mount(LOYALTY, "decisions", decision_process.loyalty)
-    mount(GUEST_PURCHASES, "guest_purchase_decisions", decision_process.guest_purchases)
+    @app.on_before_shutdown.connect  # type: ignore[misc]
+    async def stop_decisions(app: faust.App, **_: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, child.stop)

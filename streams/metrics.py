@@ -41,25 +41,27 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from streams.profile_process import Report, event_type
-from streams.topics import GUEST_PURCHASES, LOYALTY
+from streams.topics import GUEST_PURCHASES, LOYALTY, stage_group
 
 __all__ = ["StageLag", "WorkerMetrics", "register_metrics"]
 
 log = logging.getLogger("loyalty_cdp.metrics")
 
-GROUP = "loyalty-cdp"
 LAG_INTERVAL_S = 5.0
 
 
 class StageLag:
-    """Messages on each stage's input topics the worker group has not committed yet.
+    """Messages on each stage's input topics its group has not committed yet.
 
     Two batched admin requests per measurement (the group's committed offsets, the high
     watermarks of every input partition), not a round trip per partition: the change topics
     alone have dozens of partitions.
     """
 
-    def __init__(self, bootstrap: str, stages: list[tuple[str, list[str]]], group: str = GROUP):
+    def __init__(
+        self, bootstrap: str, stages: list[tuple[str, list[str]]], group: str | None = None
+    ):
+        """``group``: one group for every stage (default: each stage's, ``stage_group``)."""
         self.stages = stages
         self.group = group
         self.admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
@@ -88,17 +90,24 @@ class StageLag:
         if not self._tps:
             return {}
         high = self.high_watermarks(self._tps)
-        request = [ConsumerGroupTopicPartitions(self.group, self._tps)]
-        result = self.admin.list_consumer_group_offsets(request, request_timeout=5)
-        committed = {
-            (tp.topic, tp.partition): max(tp.offset, 0)
-            for tp in result[self.group].result().topic_partitions
-        }
-        behind = {(t, p): max(0, h - committed.get((t, p), 0)) for (t, p), h in high.items()}
-        return {
-            stage: sum(n for (t, _), n in behind.items() if t in topics)
-            for stage, topics in self.stages
-        }
+        committed: dict[str, dict[tuple[str, int], int]] = {}  # by group
+        for group in {self.group_of(stage) for stage, _ in self.stages}:
+            request = [ConsumerGroupTopicPartitions(group, self._tps)]
+            result = self.admin.list_consumer_group_offsets(request, request_timeout=5)
+            committed[group] = {
+                (tp.topic, tp.partition): max(tp.offset, 0)
+                for tp in result[group].result().topic_partitions
+            }
+        out: dict[str, int] = {}
+        for stage, topics in self.stages:
+            done = committed[self.group_of(stage)]
+            out[stage] = sum(
+                max(0, h - done.get((t, p), 0)) for (t, p), h in high.items() if t in topics
+            )
+        return out
+
+    def group_of(self, stage: str) -> str:
+        return self.group if self.group is not None else stage_group(stage)
 
     def close(self) -> None:
         """Release the admin client now (it has no close(); its handle goes with the last

@@ -42,7 +42,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from streams.child_process import become_child, spawn_pool
+from streams.child_process import RestartBudget, become_child, spawn_pool
 from streams.gc_freeze import GcFreezer, count_gc
 from streams.profiles import COUNTS, ProfileStage
 from streams.topics import LOYALTY
@@ -186,7 +186,7 @@ class ProfileHandle:
         #: called with each report (``/metrics`` observes durations and new events)
         self.listeners: list[Callable[[Report, Counter[str]], None]] = []
         self.assigned: set[int] = set()  # what a replacement child is told it holds
-        self.restarts: list[float] = []  # monotonic times of the replacements
+        self.budget = RestartBudget(self.MAX_RESTARTS, self.RESTART_WINDOW_S)
         self._lock = asyncio.Lock()
 
     async def call(self, name: str, *args: Any) -> None:
@@ -209,11 +209,8 @@ class ProfileHandle:
         async with self._lock:
             if self.executor is not broken:
                 return  # a concurrent call replaced it already
-            now = time.monotonic()
-            self.restarts = [t for t in self.restarts if now - t < self.RESTART_WINDOW_S]
-            if self.restart is None or len(self.restarts) >= self.MAX_RESTARTS:
+            if self.restart is None or not self.budget.spend():
                 raise BrokenProcessPool("the profile process died too often; giving up")
-            self.restarts.append(now)
             self._base_counts, self._base_published = dict(self.counts), Counter(self.published)
             self._child_types = Counter()
             log.warning("the profile process died; starting a new one")

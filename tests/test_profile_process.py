@@ -96,7 +96,7 @@ async def test_a_dead_child_is_replaced_told_its_partitions_and_the_call_made_ag
     assert [new for _, new in seen] == [  # assign, process 5, process 7 (the replay: none)
         Counter(), Counter({"tier_upgraded": 5}), Counter({"tier_upgraded": 7})
     ]
-    assert len(h.restarts) == 1
+    assert len(h.budget.times) == 1
     h.executor.shutdown()
 
 
@@ -116,7 +116,7 @@ async def test_a_child_that_keeps_dying_crashes_the_worker(tmp_path: Path) -> No
     (tmp_path / "die").write_text("x " * (ProfileHandle.MAX_RESTARTS + 1))
     with pytest.raises(BrokenProcessPool, match="too often"):
         await h.call("process", 1)
-    assert len(h.restarts) == ProfileHandle.MAX_RESTARTS
+    assert len(h.budget.times) == ProfileHandle.MAX_RESTARTS
     h.executor.shutdown()
 
 

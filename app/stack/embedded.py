@@ -30,10 +30,10 @@ from app.stack.ports import free_port, port_is_free
 from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths, StackState
 from app.stack.topics import apply_topics, load_plan
+from streams.topics import WORKER_GROUP
 
 __all__ = ["WORKER_GROUP", "down", "status", "up"]
 
-WORKER_GROUP = "loyalty-cdp"
 COMPONENTS = ("postgres", "broker", "cdc", "worker")
 Say = Callable[[str], None]
 

@@ -9,7 +9,8 @@ has reached the profile store and the output topics:
 2. then, for each stage in order (change topics -> canonical agent -> ``cdp.events`` ->
    identity stage -> ``cdp.resolved`` -> profile stage -> ``loyalty.events`` and
    ``cdp.guest_purchases`` -> decisioning agent), the high watermarks of the stage's input
-   topics are taken and the worker group's committed offsets must reach them. Each stage
+   topics are taken and the stage's group's committed offsets must reach them (the worker
+   group's; the decisioning processes have their own, ``stage_group``). Each stage
    flushes its outputs before its input offsets are acknowledged, so once a stage's offsets
    reach the marks, everything derived from those inputs is in the next topic.
 
@@ -35,10 +36,10 @@ from app.settings import settings
 from app.stack import postgres
 from app.stack.errors import StackError
 from app.stack.state import StackPaths, StackState
+from streams.topics import DECISIONS_INPUT, stage_group
 
 __all__ = ["STAGES", "tick", "wait_caught_up"]
 
-GROUP = "loyalty-cdp"
 Say = Callable[[str], None]
 
 
@@ -60,7 +61,7 @@ def STAGES(specs: list[ConnectorSpec]) -> list[tuple[str, list[str]]]:
         ("canonical", [*change_topics(specs), "cdp.ingest"]),
         ("identity", ["cdp.events"]),
         ("profiles", ["cdp.resolved"]),
-        ("decisions", ["loyalty.events", "cdp.guest_purchases"]),  # streams/decisioning.py
+        ("decisions", list(DECISIONS_INPUT)),  # its own group (streams/decision_process.py)
     ]
 
 
@@ -92,15 +93,19 @@ def wait_stages(
     say: Say = _quiet,
     on_stage: Say = _quiet,
 ) -> dict[str, float]:
-    """For each stage in order: wait until the group's committed offsets reach the high
+    """For each stage in order: wait until its group's committed offsets reach the high
     watermarks of the stage's input topics, taken when the stage's turn comes; ``on_stage``
     is called with each stage's name as soon as it has caught up."""
     phases: dict[str, float] = {}
-    consumer = Consumer(
-        {"bootstrap.servers": broker, "group.id": GROUP, "enable.auto.commit": False}
-    )
+    consumers: dict[str, Consumer] = {}  # by group: committed() reads the consumer's own
     try:
         for stage, topics in stages:
+            group = stage_group(stage)
+            consumer = consumers.get(group)
+            if consumer is None:
+                consumer = consumers[group] = Consumer(
+                    {"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False}
+                )
             t1 = time.monotonic()
             marks = _marks(consumer, topics)
             while True:
@@ -114,7 +119,8 @@ def wait_stages(
             on_stage(stage)
             say(f"{stage}: caught up")
     finally:
-        consumer.close()
+        for c in consumers.values():
+            c.close()
     return phases
 
 

@@ -15,7 +15,9 @@ the member, an unknown person and malformed bodies.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from jsonschema import Draft202012Validator
 from app.settings import REPO_ROOT
 from app.stack import embedded, pipeline
 from app.stack.state import StackPaths
+from streams.decision_process import PROCESS_NAME
 from tests.integration.kafka_util import cloudevents, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -187,6 +190,47 @@ def test_api_member_unknown_and_malformed(stack: dict[str, Any]) -> None:
         assert r.json()["error"].startswith(field + ":"), r.text
     r = httpx.post(url, content=b"{nope", timeout=10)
     assert r.status_code == 422 and r.json()["error"].startswith("body:")
+
+
+def _decisioning_pids(st: dict[str, Any]) -> list[int]:
+    """The worker's decisioning processes (by the name they give themselves)."""
+    worker = StackPaths(st["state_dir_path"].resolve()).process("worker").pid()
+    assert worker is not None
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if (d / "comm").read_text().strip() != PROCESS_NAME:
+                continue
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if ppid == worker:
+            out.append(int(d.name))
+    return out
+
+
+def test_a_killed_decisioning_process_is_replaced(stack: dict[str, Any]) -> None:
+    """The decisioning process consumes in its own group; SIGKILLed, it is replaced by the
+    worker, and the new one decides what arrived meanwhile (``wait`` waits for its group)."""
+    [old] = _decisioning_pids(stack)
+    os.kill(old, signal.SIGKILL)
+    _exec(
+        stack["sources"]["web"],
+        ("INSERT INTO customers VALUES ('G3','gil@example.com',NULL,NULL,true,false,"
+         "false,%s)", (datetime.now(UTC) - timedelta(days=1),)),
+        ("INSERT INTO orders VALUES ('O3','G3',19.00,'USD','paid',0,%s)",
+         (datetime.now(UTC) - timedelta(minutes=5),)),
+    )
+    deadline = time.monotonic() + 30
+    while (new := _decisioning_pids(stack)) in ([], [old]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(new) == 1 and new != [old], new
+    _wait(stack)
+    moment = "web.orders:O3#paid@purchase.completed"
+    emails = read_topic(stack["broker"], "offers.email", timeout=5,
+                        until=lambda msgs: any(moment.encode() in m.value() for m in msgs))
+    mine = [e for e in cloudevents(emails) if e["data"]["moment"]["id"] == moment]
+    assert [e["data"]["offers"][0]["kind"] for e in mine] == ["enrollment"], mine
 
 
 def _redeliver(st: dict[str, Any], topic: str) -> int:
