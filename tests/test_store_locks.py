@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -65,3 +66,27 @@ def test_backend_nice_lowers_the_server_process_of_each_connection(
     finally:
         plain.dispose()
         low.dispose()
+
+
+def test_a_connection_is_pinged_only_after_it_sat_idle(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No round trip per transaction for a busy stage; an idle connection whose server
+    process is gone (a PostgreSQL restart, a killed backend) is replaced before use."""
+    pings = []
+    real = store.engine.dialect.do_ping
+    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(1) or real(c))
+    for _ in range(5):
+        with store.tx() as conn:
+            conn.execute(text("SELECT 1"))
+    assert pings == []  # the same pooled connection, used a moment ago
+    with store.tx() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    dsn = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as other:  # ends the pooled one's process
+        other.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    monkeypatch.setattr("streams.store.PING_IDLE_S", 0.0)  # as if both sat idle
+    for _ in range(2):  # whichever connection the pool hands out, the dead one is replaced
+        with store.tx() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != backend
+    assert pings
