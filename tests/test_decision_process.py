@@ -96,6 +96,7 @@ def test_the_group_is_its_own() -> None:
     assert conf["group.id"] == DECISIONS_GROUP != WORKER_GROUP
     assert conf["enable.auto.commit"] is False  # committed after the decisions
     assert conf["fetch.wait.max.ms"] == 100
+    assert conf["queued.min.messages"] == 1  # no fetch held while a batch is decided
 
 
 class _Msg:
