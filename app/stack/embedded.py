@@ -30,7 +30,7 @@ from app.stack.ports import free_port, port_is_free
 from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths, StackState
 from app.stack.topics import apply_topics, load_plan
-from streams.topics import WORKER_GROUP
+from streams.topics import DECISIONS_GROUP, DECISIONS_INPUT, WORKER_GROUP
 
 __all__ = ["WORKER_GROUP", "down", "status", "up"]
 
@@ -230,6 +230,10 @@ def status(state_dir: Path) -> dict[str, Any]:
             lag["cdc_wal_bytes"] = None
     if comps["broker"]:
         lag["worker_messages"] = consumer_lag(state.broker, WORKER_GROUP, change_topics(specs))
+        # the offers' backlog: the decisioning processes read in a group of their own
+        lag["decisions_messages"] = consumer_lag(
+            state.broker, DECISIONS_GROUP, list(DECISIONS_INPUT)
+        )
     return {
         "state_dir": str(paths.root),
         "sources": {db: database_dsn(admin, db) for db in SOURCE_DATABASES},

@@ -226,6 +226,9 @@ def test_a_killed_decisioning_process_is_replaced(stack: dict[str, Any]) -> None
         time.sleep(0.2)
     assert len(new) == 1 and new != [old], new
     _wait(stack)
+    # `status` shows the offers' backlog from the decisioning group: none once caught up
+    lag = embedded.status(stack["state_dir_path"])["lag"]["decisions_messages"]
+    assert lag == {"loyalty.events": 0, "cdp.guest_purchases": 0}, lag
     moment = "web.orders:O3#paid@purchase.completed"
     emails = read_topic(stack["broker"], "offers.email", timeout=5,
                         until=lambda msgs: any(moment.encode() in m.value() for m in msgs))
