@@ -33,11 +33,16 @@ class RestartBudget:
         self.limit, self.window = limit, window
         self.times: list[float] = []  # monotonic times of the replacements in the window
 
+    def recent(self) -> list[float]:
+        """The replacements within the window (monotonic times)."""
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < self.window]
+        return self.times
+
     def spend(self) -> bool:
         """Count one replacement now; False when the budget is used up (do not replace)."""
         now = time.monotonic()
-        self.times = [t for t in self.times if now - t < self.window]
-        if len(self.times) >= self.limit:
+        if len(self.recent()) >= self.limit:
             return False
         self.times.append(now)
         return True

@@ -104,6 +104,16 @@ class DecisionProcess:
         log.warning("the decisioning process exited (code %s); starting a new one", proc.exitcode)
         self.start()
 
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: whether the child runs, its pid and how often it was replaced
+        in the last minute."""
+        proc = self.proc
+        return {
+            "alive": proc is not None and proc.is_alive(),
+            "pid": None if proc is None else proc.pid,
+            "restarts_last_minute": len(self.budget.recent()),
+        }
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM: the child finishes its batch, commits and leaves the group."""
         self.stopping = True

@@ -64,6 +64,7 @@ from app.decisioning import (
 from app.domain.program import CompiledProgram
 from app.domain.records import format_time, parse_time
 from app.settings import settings
+from streams.decision_process import DecisionProcess
 from streams.outbox import NewRow, Outbox, OutboxRow
 from streams.producer import BatchProducer
 from streams.store import Store, identifier_hash, run
@@ -509,13 +510,14 @@ def _insert_decisions(
         )
 
 
-def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str) -> None:
+def register_decisioning(
+    app: faust.App, broker: str, clock: str, store_dsn: str
+) -> DecisionProcess:
     """Start the decisioning process with the worker, watch it, stop it at shutdown.
 
     It consumes ``loyalty.events`` and ``cdp.guest_purchases`` itself, in its own group
     (streams/decision_process.py); this worker's Faust consumer does not read them.
     """
-    from streams.decision_process import DecisionProcess
     from streams.stages import crash_on_failure
 
     child = DecisionProcess(broker, clock, store_dsn)
@@ -532,3 +534,5 @@ def register_decisioning(app: faust.App, broker: str, clock: str, store_dsn: str
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def stop_decisions(app: faust.App, **_: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, child.stop)
+
+    return child

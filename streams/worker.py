@@ -84,7 +84,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     identity = IdentityStage(program, store, out, outbox, partitions, parsed)
     profiles = _profile_stage(cfg, program, store, out, partitions, parsed)
     register_stages(app, identity, profiles)
-    register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
+    decisions = register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
     register_malloc_trim(app)
 
@@ -110,6 +110,7 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
                     "identity": identity.counts,
                     "profiles": profiles.counts,
                     "worker_gc": gc_counts,
+                    "decisions_process": decisions.health(),
                     "loyalty_events_published": published(LOYALTY),
                     "guest_purchases_published": published(GUEST_PURCHASES),
                 }

@@ -146,5 +146,6 @@ def test_restart_budget() -> None:
     budget = RestartBudget(limit=2, window=60.0)
     assert budget.spend() and budget.spend()
     assert not budget.spend()  # a third death within the window: give up
+    assert len(budget.recent()) == 2  # what /healthz shows as restarts_last_minute
     budget.times = [t - 61 for t in budget.times]  # a minute later the budget is back
     assert budget.spend()

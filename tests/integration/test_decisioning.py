@@ -226,6 +226,9 @@ def test_a_killed_decisioning_process_is_replaced(stack: dict[str, Any]) -> None
         time.sleep(0.2)
     assert len(new) == 1 and new != [old], new
     _wait(stack)
+    # /healthz shows the replacement
+    health = httpx.get(stack["api"] + "/healthz", timeout=10).json()["decisions_process"]
+    assert health == {"alive": True, "pid": new[0], "restarts_last_minute": 1}, health
     # `status` shows the offers' backlog from the decisioning group: none once caught up
     lag = embedded.status(stack["state_dir_path"])["lag"]["decisions_messages"]
     assert lag == {"loyalty.events": 0, "cdp.guest_purchases": 0}, lag
