@@ -1,9 +1,10 @@
 """What the worker's child processes (the profile stage, decisioning) share.
 
-Each is a one-process pool started with ``spawn`` (the worker has threads: forking them is
-unsafe) that serves its calls in order. A child ignores Ctrl-C (the worker shuts it down),
-names itself for ``ps``/``top`` and exits when the worker dies (a SIGKILL included), so no
-orphan keeps store connections or advisory locks.
+Each is started with ``spawn`` (the worker has threads: forking them is unsafe): the
+profile stage as a one-process pool that serves its calls in order (:func:`spawn_pool`),
+decisioning as a process that consumes its own input. A child ignores Ctrl-C (the worker
+shuts it down), names itself for ``ps``/``top`` and exits when the worker dies (a SIGKILL
+included), so no orphan keeps store connections or advisory locks.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ class RestartBudget:
 
     def spend(self) -> bool:
         """Count one replacement now; False when the budget is used up (do not replace)."""
-        now = time.monotonic()
         if len(self.recent()) >= self.limit:
             return False
-        self.times.append(now)
+        self.times.append(time.monotonic())
         return True
 
 

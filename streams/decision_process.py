@@ -78,14 +78,11 @@ class DecisionProcess:
     """The worker's handle on its decisioning child: start it, replace it when it dies,
     stop it on shutdown."""
 
-    MAX_RESTARTS = 5
-    RESTART_WINDOW_S = 60.0
-
     def __init__(self, broker: str, clock: str, store_dsn: str) -> None:
         self.args = (broker, clock, store_dsn)
         self.proc: BaseProcess | None = None
         self.stopping = False
-        self.budget = RestartBudget(self.MAX_RESTARTS, self.RESTART_WINDOW_S)
+        self.budget = RestartBudget()  # 5 replacements in 60 s
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")

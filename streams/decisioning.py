@@ -209,7 +209,8 @@ class _Batch:
 
 
 class DecisionAgent:
-    """Blocking work of the agent (the worker runs it on one executor thread)."""
+    """Blocking work of the agent (the decisioning process runs it, one batch at a time,
+    streams/decision_process.py)."""
 
     def __init__(
         self,
