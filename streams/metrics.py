@@ -58,12 +58,9 @@ class StageLag:
     alone have dozens of partitions.
     """
 
-    def __init__(
-        self, bootstrap: str, stages: list[tuple[str, list[str]]], group: str | None = None
-    ):
-        """``group``: one group for every stage (default: each stage's, ``stage_group``)."""
+    def __init__(self, bootstrap: str, stages: list[tuple[str, list[str]]]):
+        """Each stage's lag is read from its own group (``stage_group``)."""
         self.stages = stages
-        self.group = group
         self.admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
         self._tps: list[TopicPartition] = []
 
@@ -91,7 +88,7 @@ class StageLag:
             return {}
         high = self.high_watermarks(self._tps)
         committed: dict[str, dict[tuple[str, int], int]] = {}  # by group
-        for group in {self.group_of(stage) for stage, _ in self.stages}:
+        for group in {stage_group(stage) for stage, _ in self.stages}:
             request = [ConsumerGroupTopicPartitions(group, self._tps)]
             result = self.admin.list_consumer_group_offsets(request, request_timeout=5)
             committed[group] = {
@@ -100,14 +97,11 @@ class StageLag:
             }
         out: dict[str, int] = {}
         for stage, topics in self.stages:
-            done = committed[self.group_of(stage)]
+            done = committed[stage_group(stage)]
             out[stage] = sum(
                 max(0, h - done.get((t, p), 0)) for (t, p), h in high.items() if t in topics
             )
         return out
-
-    def group_of(self, stage: str) -> str:
-        return self.group if self.group is not None else stage_group(stage)
 
     def close(self) -> None:
         """Release the admin client now (it has no close(); its handle goes with the last
