@@ -101,6 +101,16 @@ def _wall_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Each profile's latest consent record that mentions a push token. Reads only consent
+#: records through their partial index (``records_consent_idx``, migration cdp_0008), not
+#: every record of the batch's profiles.
+PUSH_TOKEN_SQL = (
+    "SELECT DISTINCT ON (profile_id) profile_id, payload FROM records"
+    " WHERE profile_id = ANY(:p) AND type = 'cdp.consent.changed'"
+    " AND position('push_token' in convert_from(payload, 'UTF8')) > 0"
+    " ORDER BY profile_id, occurred_at DESC, seq DESC"
+)
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """A moment waiting for its decision: the profile it is about (as the event named it)."""
@@ -325,14 +335,14 @@ class DecisionAgent:
                 {"ns": DECIDE_LOCK_NS, "pids": pids},
             )
             b = self._load(conn, pids, todo)
+            # By moment id alone (the key's leading column), pairs matched here: a second
+            # "profile_id = ANY" made PostgreSQL scan that array for every row it found, and
+            # with a generic plan the lookup took 5-7x as long (277 ms for 6,000 moments).
             done = {
                 (r[0], r[1])
                 for r in conn.execute(
-                    text(
-                        "SELECT moment_id, profile_id FROM decisions"
-                        " WHERE moment_id = ANY(:m) AND profile_id = ANY(:p)"
-                    ),
-                    {"m": [p.moment.id for p in todo], "p": pids},
+                    text("SELECT moment_id, profile_id FROM decisions WHERE moment_id = ANY(:m)"),
+                    {"m": sorted({p.moment.id for p in todo})},
                 )
             }
             clock = self.store.clock(conn) if self.manual else None
@@ -440,15 +450,7 @@ class DecisionAgent:
         ):
             b.docs[pid] = dict(doc)
         # push-token presence: the latest consent record that says anything about it
-        for pid, payload in conn.execute(
-            text(
-                "SELECT DISTINCT ON (profile_id) profile_id, payload FROM records"
-                " WHERE profile_id = ANY(:p) AND type = 'cdp.consent.changed'"
-                " AND position('push_token' in convert_from(payload, 'UTF8')) > 0"
-                " ORDER BY profile_id, occurred_at DESC, seq DESC"
-            ),
-            {"p": pids},
-        ):
+        for pid, payload in conn.execute(text(PUSH_TOKEN_SQL), {"p": pids}):
             consent = (orjson.loads(bytes(payload)).get("data") or {}).get("consent") or {}
             b.push[pid] = consent.get("push_token") is True
         # member number -> the batch's profiles holding it (one pass, not one per row below)

@@ -62,7 +62,7 @@ def store(source_dsns: dict[str, str]) -> Iterator[Store]:
     with s.tx() as conn:
         conn.execute(text(
             "TRUNCATE decisions, contact_history, offer_outbox, profiles, profile_identifiers,"
-            " records"
+            " records, clock"
         ))
     yield s
     s.dispose()
@@ -236,3 +236,20 @@ def test_stale_moments_are_not_decided(store: Store) -> None:
         store.set_clock(conn, 0, T0 + timedelta(days=30))
     agent.process_loyalty([_event("milestone_approaching", "P1", "M1", T0, 1)])
     assert out.sent == [] and agent.counts.stale == 1
+
+
+def test_a_moment_is_a_duplicate_only_for_the_profile_it_was_decided_for(store: Store) -> None:
+    """Decisions are keyed by (moment, profile): the same moment id under another profile
+    (a merge re-homes a profile's moments) is decided for that profile, once."""
+    _put(store, "P1", _doc("M1", 960))
+    _put(store, "P2", _doc("M2", 960))
+    agent, out = _agent(store)
+    agent.process_loyalty([_event("milestone_approaching", "P1", "M1", T0, 7)])
+    assert {k for _, k, _ in _messages(out)} == {"M1"}
+    agent.process_loyalty([_event("milestone_approaching", "P2", "M2", T0, 7)])
+    assert {k for _, k, _ in _messages(out)} == {"M1", "M2"}
+    assert agent.counts.duplicates == 0
+    sent = len(out.sent)
+    agent.process_loyalty([_event("milestone_approaching", "P2", "M2", T0, 7),
+                           _event("milestone_approaching", "P1", "M1", T0, 7)])
+    assert len(out.sent) == sent and agent.counts.duplicates == 2
