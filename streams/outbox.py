@@ -12,6 +12,14 @@ The profile stage's outbox carries two kinds of rows, told apart by ``type``: lo
 ``cdp.guest_purchases``: the canonical purchase CloudEvent, keyed by profile, for the
 decisioning agent). Both share the table, its per-partition reconciliation and erasure.
 
+Marks can be deferred (``defer_marks``, the profile stage): the rows published after one
+transaction are marked inside the stage's next one (:meth:`Outbox.mark_published`), or by
+:meth:`Outbox.flush_marks` when the stage goes idle, instead of in a transaction of their
+own. That took a round trip and a commit (a WAL flush) per batch off the stage's critical
+path: ~33 ms of a ~250 ms profile batch at 1,000 rows/s. It widens nothing: an unmarked row
+is exactly the state a crash between acknowledgement and mark leaves, which reconciliation
+already resolves.
+
 A crash between the broker's acknowledgement and the mark leaves rows that *were*
 published but are not marked. :meth:`Outbox.reconcile` (run when a worker takes over a
 partition) reads the rows' topics back from shortly before the oldest unmarked row and
@@ -76,8 +84,11 @@ class Outbox:
         *,
         table: str = "loyalty_outbox",
         topic_of: Callable[[str], str] = _profile_stage_topic,
+        defer_marks: bool = False,
     ) -> None:
         self.store = store
+        self.defer_marks = defer_marks
+        self._unmarked: list[int] = []  # seqs published and acknowledged, not yet marked
         self.out = out
         self.bootstrap = bootstrap
         self.table = table  # a constant of the code, never input
@@ -127,21 +138,44 @@ class Outbox:
         return sorted(out, key=lambda r: r.seq)
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
-        """Produce, wait for every acknowledgement, then mark the rows published."""
+        """Produce, wait for every acknowledgement, then mark the rows published (now, or
+        with ``defer_marks`` in the owner's next transaction)."""
         if not rows:
             return
         for r in rows:
             self.out.send(r.topic, r.payload, r.key.encode())
         self.out.flush_sync()
-        self._mark(rows)
+        if self.defer_marks:
+            self._unmarked.extend(r.seq for r in rows)
+        else:
+            self._mark([r.seq for r in rows])
         self.published.update(r.topic for r in rows)
 
-    def _mark(self, rows: Sequence[OutboxRow]) -> None:
+    def mark_published(self, conn: Connection) -> None:
+        """Mark the rows acknowledged since the last call, in the caller's transaction.
+
+        Should that transaction roll back, the rows stay unmarked in the store and the
+        worker crashes (a failed stage batch stops it): the next owner's reconciliation
+        finds them on the topic and marks them, as after any crash."""
+        if self._unmarked:
+            seqs, self._unmarked = self._unmarked, []
+            self._update(conn, seqs)
+
+    def flush_marks(self) -> None:
+        """Mark what is still unmarked in a transaction of its own (idle, or revoked)."""
+        if self._unmarked:
+            with self.store.tx() as conn:
+                self.mark_published(conn)
+
+    def _mark(self, seqs: Sequence[int]) -> None:
         with self.store.tx() as conn:
-            conn.execute(
-                text(f"UPDATE {self.table} SET published_at = now() WHERE seq = ANY(:s)"),
-                {"s": [r.seq for r in rows]},
-            )
+            self._update(conn, seqs)
+
+    def _update(self, conn: Connection, seqs: Sequence[int]) -> None:
+        conn.execute(
+            text(f"UPDATE {self.table} SET published_at = now() WHERE seq = ANY(:s)"),
+            {"s": list(seqs)},
+        )
 
     def reconcile(self, partitions: Sequence[int]) -> int:
         """Publish the unmarked rows of ``partitions`` that are not on the topic yet."""
@@ -164,7 +198,7 @@ class Outbox:
         present = [r for r in unmarked if r.event_id in on_topic]
         self.publish(missing)
         if present:
-            self._mark(present)
+            self._mark([r.seq for r in present])
         return len(missing)
 
     def _ids_on_topic(self, since_ms: int, topic: str = LOYALTY) -> set[str]:

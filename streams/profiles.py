@@ -117,6 +117,9 @@ class ProfileStage:
         self.store = store
         self.out = out
         self.outbox = outbox
+        # rows are marked published in the next batch's first transaction, or by the timer
+        # (streams/outbox.py, "Marks can be deferred"): not in a commit of their own
+        outbox.defer_marks = True
         self.partitions = partitions
         self.manual = clock == "manual"
         self.now = now
@@ -138,6 +141,7 @@ class ProfileStage:
 
     def revoke(self, partitions: Sequence[int]) -> None:
         """Forget the cached states of partitions this worker no longer owns."""
+        self.outbox.flush_marks()  # while the rows are still this worker's to mark
         gone = set(partitions)
         for pid in [p for p in self.states if self._part(p) in gone]:
             self._forget(pid)
@@ -176,7 +180,9 @@ class ProfileStage:
         self._run(parts, touched, ticks, advance_all=bool(ticks))
 
     def advance_wall_clock(self) -> None:
-        """The once-a-second timer: time-driven effects of every owned profile up to now."""
+        """The once-a-second timer: time-driven effects of every owned profile up to now
+        (wall clock), and the marks of rows published by the last batch if none followed."""
+        self.outbox.flush_marks()
         if not self.manual and (self.owned or self.assigned):
             self._run(sorted(self.owned | self.assigned), {}, {}, advance_all=True)
 
@@ -206,6 +212,7 @@ class ProfileStage:
             self.outbox.reconcile(fresh)
         with self.store.tx() as conn:
             self.store.partition_locks(conn, parts)
+            self.outbox.mark_published(conn)  # the previous batch's rows (defer_marks)
             target = self._collect(conn, parts, touched, ticks, advance_all)
             # by partition: a chunk locks few partitions
             order = sorted(touched, key=lambda pid: (self._part(pid), pid))

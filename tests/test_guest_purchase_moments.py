@@ -56,12 +56,14 @@ def store(source_dsns: dict[str, str]) -> Iterator[Store]:
         yield s
 
 
-def restarted(store: Store) -> Pipeline:
-    """A fresh worker: empty caches; outbox reconciliation reads the fake topics."""
+def restarted(store: Store, before: Pipeline | None = None) -> Pipeline:
+    """A fresh worker: empty caches; outbox reconciliation reads the fake topics (what this
+    worker sent, and what the dead worker ``before`` had sent: the topics outlive it)."""
     p = Pipeline(store)
 
     def ids_on_topic(since_ms: int, topic: str) -> set[str]:
-        return {orjson.loads(v)["id"] for t, v, _, _ in p.out.sent if t == topic and v}
+        sent = [*p.out.sent, *(before.out.sent if before is not None else [])]
+        return {orjson.loads(v)["id"] for t, v, _, _ in sent if t == topic and v}
 
     p.profiles.outbox._ids_on_topic = ids_on_topic  # type: ignore[method-assign]
     return p
@@ -169,10 +171,11 @@ def test_a_crash_before_the_profile_commit_loses_no_moment_of_a_known_guest(
         p.profiles.process(notes)  # rolled back
     assert [r[4] for r in guest_rows(store)] == [cloudevent(PURCHASE)]
 
-    q = restarted(store)
+    q = restarted(store, before=p)
     q.profiles.process(notes)
     pid = guest_profile(store)
     assert on_topic(p) == [(pid.encode(), cloudevent(PURCHASE))]
     assert on_topic(q) == [(pid.encode(), cloudevent(later))]
+    q.profiles.advance_wall_clock()  # the timer marks the last batch's rows
     published = [(r[4], r[5]) for r in guest_rows(store)]
     assert published == [(cloudevent(PURCHASE), True), (cloudevent(later), True)]

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from app.domain.records import PurchaseRefunded, Record
 from streams.profiles import encode_tick
 from streams.store import Store
-from streams.topics import PROFILES, RESOLVED
+from streams.topics import GUEST_PURCHASES, LOYALTY, PROFILES, RESOLVED
 from tests.domain.builders import at, buy, consent, enroll, ids, link, redeem, refund
 from tests.stage_harness import PARTS, FakeProducer, Msg, Pipeline, clean_store, cloudevent
 
@@ -130,6 +130,7 @@ def run(store: Store, chunk: int) -> tuple[dict[str, Any], list[Any], int]:
 
     p.profiles._committed = counting  # type: ignore[method-assign]
     waits = False  # the late refund's purchase has not come yet
+    unmarked: set[str] = set()
     for batch in history():
         if isinstance(batch, datetime):
             p.profiles.process(ticks(batch))
@@ -140,6 +141,14 @@ def run(store: Store, chunk: int) -> tuple[dict[str, Any], list[Any], int]:
         assert p.profiles.pending == (
             {"member:M2": {"pos.returns:R3": LATE_REFUND}} if waits else {}
         )  # no empty entry kept per profile
+        # marks are deferred: a batch's rows are marked in the next batch's transaction
+        now = {r[0] for r in store_state(store)["outbox"] if not r[6]}
+        assert not now & unmarked
+        unmarked = now
+    # ... and the last batch's by the timer; only published rows were left unmarked
+    assert unmarked and unmarked <= {orjson.loads(v)["id"] for t, v, _ in messages(p.out)
+                                     if t in (LOYALTY, GUEST_PURCHASES) and v}
+    p.profiles.advance_wall_clock()  # the worker's once-a-second timer
     return store_state(store), messages(p.out), commits
 
 
@@ -226,6 +235,7 @@ def test_a_crash_between_chunks_of_a_tick_acknowledges_nothing_and_redelivery_is
     r.profiles.outbox._ids_on_topic = ids_on_topic  # type: ignore[method-assign]
     r.profiles.process(ticks(tick))
     r.feed(after)
+    r.profiles.advance_wall_clock()  # the timer marks the last batch's rows
     # the same, but the redelivered tick wrote the first chunk's profiles a second time
     # (a tick re-snapshots every profile, as after a crash past a whole batch's commit)
     got, want = store_state(store), whole[0]
