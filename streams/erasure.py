@@ -94,6 +94,9 @@ TABLES = (
     "contact_history",
 )
 
+#: The outbox tables among them: each has a ``<table>_pending`` of unpublished rows.
+OUTBOXES = ("loyalty_outbox", "offer_outbox")
+
 
 class ErasureError(Exception):
     """The request cannot be carried out (one line, no PII)."""
@@ -248,6 +251,14 @@ def erase(store: Store, type_: str, value: str, partitions: int, actor: str) -> 
         }
         counts["profiles"] = len(erased)
         for table in TABLES[5:]:
+            if table in OUTBOXES:  # its in-flight marks first (no foreign key: cdp_0009)
+                conn.execute(
+                    text(
+                        f"DELETE FROM {table}_pending WHERE seq IN"
+                        f" (SELECT seq FROM {table} WHERE profile_id = ANY(:ids))"
+                    ),
+                    by_ids,
+                )
             delete(table, "profile_id = ANY(:ids)", by_ids)
         ref = profile_ref(pid)
         audit_id = conn.execute(

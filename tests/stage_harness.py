@@ -19,7 +19,7 @@ from sqlalchemy import text
 from app.domain.program import load_program
 from app.domain.records import Record, format_time, record_to_data
 from app.settings import settings
-from streams.erasure import TABLES
+from streams.erasure import OUTBOXES, TABLES
 from streams.identity import IdentityStage
 from streams.outbox import Outbox
 from streams.profiles import ProfileStage
@@ -113,7 +113,9 @@ def count(store: Store, sql: str, **params: Any) -> int:
 
 
 #: Every table the stages and erasure write: emptied before each store-level test.
-STATE_TABLES = (*TABLES, "anonymous_purchases", "erasure_audit", "clock")
+STATE_TABLES = (
+    *TABLES, *(f"{t}_pending" for t in OUTBOXES), "anonymous_purchases", "erasure_audit", "clock"
+)
 
 
 def truncate(store: Store) -> None:

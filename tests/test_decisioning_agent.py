@@ -61,8 +61,8 @@ def store(source_dsns: dict[str, str]) -> Iterator[Store]:
     s = Store(source_dsns["cdp"])
     with s.tx() as conn:
         conn.execute(text(
-            "TRUNCATE decisions, contact_history, offer_outbox, profiles, profile_identifiers,"
-            " records, clock"
+            "TRUNCATE decisions, contact_history, offer_outbox, offer_outbox_pending, profiles,"
+            " profile_identifiers, records, clock"
         ))
     yield s
     s.dispose()

@@ -95,8 +95,18 @@ def test_erase_removes_one_person_and_audits_without_pii(store: Store) -> None:
     assert access_request(store, "email", "ann@example.com")["member_id"] == "M1"
     ann_outbox = count(store, "SELECT count(*) FROM loyalty_outbox WHERE profile_id = 'member:M1'")
     assert ann_outbox > 0
+    pending_of_ann = (
+        "SELECT count(*) FROM loyalty_outbox_pending WHERE seq IN"
+        " (SELECT seq FROM loyalty_outbox WHERE profile_id = 'member:M1')"
+    )
+    assert count(store, pending_of_ann) > 0  # published, marked with the next batch
+    orphans = (
+        "SELECT count(*) FROM loyalty_outbox_pending p"
+        " WHERE NOT EXISTS (SELECT 1 FROM loyalty_outbox o WHERE o.seq = p.seq)"
+    )
 
     done = erase(store, "email", "ann@example.com", PARTS, "tester")
+    assert count(store, orphans) == 0  # her pending marks went with her outbox rows
 
     assert done.profile_ids == ("member:M1",)
     assert done.counts["records"] == len(ANN)

@@ -81,7 +81,8 @@ def guest_rows(store: Store) -> list[tuple[str, int, str, str, bytes, bool]]:
     with store.tx() as conn:
         rows = conn.execute(
             text(
-                "SELECT event_id, partition, profile_id, key, payload, published_at IS NOT NULL"
+                "SELECT event_id, partition, profile_id, key, payload,"
+                " seq NOT IN (SELECT seq FROM loyalty_outbox_pending)"
                 " FROM loyalty_outbox WHERE type = :t ORDER BY seq"
             ),
             {"t": GUEST_PURCHASE},

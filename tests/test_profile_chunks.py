@@ -99,7 +99,8 @@ def store_state(store: Store) -> dict[str, Any]:
                 (*r[:5], bytes(r[5]), r[6])
                 for r in rows(
                     "SELECT event_id, partition, profile_id, type, key, payload,"
-                    " published_at IS NOT NULL FROM loyalty_outbox ORDER BY event_id"
+                    " seq NOT IN (SELECT seq FROM loyalty_outbox_pending) FROM loyalty_outbox"
+                    " ORDER BY event_id"
                 )
             ],
             "rejected": rows("SELECT record_id, reason FROM rejected_records ORDER BY 1"),
@@ -167,7 +168,8 @@ def whole(store: Store) -> tuple[dict[str, Any], list[Any]]:
         conn.execute(
             text(
                 "TRUNCATE profiles, profile_identifiers, records, rejected_records,"
-                " loyalty_outbox, parked_records, anonymous_purchases, clock"
+                " loyalty_outbox, loyalty_outbox_pending, parked_records, anonymous_purchases,"
+                " clock"
             )
         )
     return state, msgs
