@@ -1,10 +1,13 @@
-"""What the store's migrations set up for the hot statements, on real PostgreSQL."""
+"""What the store's migrations set up for the hot statements, and what an upgrade keeps, on
+real PostgreSQL."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
+from alembic import command
 
+from app.db.migrate import alembic_config, database_dsn, ensure_database, upgrade
 from streams.decisioning import PUSH_TOKEN_SQL
 
 pytest_plugins = ["tests.pg_support"]
@@ -40,3 +43,35 @@ def test_the_push_token_lookup_reads_the_consent_index(cdp: psycopg.Connection) 
             )
         )
     assert "records_consent_idx" in plan
+
+
+def test_the_upgrade_keeps_what_was_unpublished_and_the_downgrade_restores_it(
+    pg_admin_dsn: str,
+) -> None:
+    """cdp_0009: rows unpublished before the upgrade are pending after it, and back."""
+    with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS cdp_upgrade_test")
+        ensure_database(admin, "cdp_upgrade_test")
+    dsn = database_dsn(pg_admin_dsn, "cdp_upgrade_test")
+    upgrade("cdp", dsn, "cdp_0008")
+    insert = (
+        "INSERT INTO {t} (event_id, partition, profile_id, type, key, payload, published_at)"
+        " VALUES ('e1', 3, 'P', 'x', 'k', '\\x00', now()), ('e2', 5, 'P', 'x', 'k', '\\x00',"
+        " NULL) RETURNING seq"
+    )
+    tables = ("loyalty_outbox", "offer_outbox")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seqs = {t: [r[0] for r in conn.execute(insert.format(t=t))] for t in tables}
+    upgrade("cdp", dsn, "head")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in tables:
+            assert conn.execute(f"SELECT partition, seq FROM {t}_pending").fetchall() == [
+                (5, seqs[t][1])
+            ]
+    command.downgrade(alembic_config("cdp", dsn), "cdp_0008")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for t in tables:
+            rows = conn.execute(
+                f"SELECT event_id, published_at IS NOT NULL FROM {t} ORDER BY seq"
+            ).fetchall()
+            assert rows == [("e1", True), ("e2", False)]
