@@ -23,6 +23,11 @@ Figures (nothing here is pass/fail):
   produced until the profiles stage caught up, and ``cpu_ms_per_event_with_offers`` until
   decisioning caught up (``app/bench/cpu.py``): far less noisy than the rates on a shared
   host, and it says where the time goes.
+* ``wal_bytes_per_event`` / ``wal_records_per_event``: the write-ahead log the PostgreSQL
+  server wrote over the throughput phase (to decisions caught up; ``pg_stat_wal``) per
+  canonical event: what the store's writes cost, steadier than any rate on a shared host.
+  In the embedded stack every logical-decoding WAL sender of the source databases reads all
+  of it too.
 * ``rss_bytes_per_member``: growth of the resident memory of the worker and its profile
   process (the stages) over the throughput phase divided by the members it added (state
   cache, graph, Python overhead included).
@@ -88,6 +93,9 @@ class PipelineBenchResult:
     #: working set (which it keeps, and which does not depend on the member count), so this
     #: is what each further member costs (None: not measured)
     rss_bytes_per_added_member: float | None = None
+    #: WAL written per canonical event over the throughput phase (None: not measured)
+    wal_bytes_per_event: float | None = None
+    wal_records_per_event: float | None = None
     #: CPU ms per event by process role, to profiles caught up / to decisions caught up
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_event_with_offers: dict[str, float] = field(default_factory=dict)
@@ -205,6 +213,16 @@ def stage_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, di
     if b:  # the worker process's own garbage collector (canonical, identity, Faust)
         out["worker_gc"] = {k: v - a.get(k, 0) for k, v in b.items()}
     return out
+
+
+def _wal(store: str) -> tuple[int, int] | None:
+    """The server's WAL bytes and records written so far (``pg_stat_wal``, PostgreSQL 14+)."""
+    try:
+        with psycopg.connect(store, autocommit=True) as conn:
+            row = conn.execute("SELECT wal_bytes::bigint, wal_records FROM pg_stat_wal").fetchone()
+    except psycopg.Error:
+        return None
+    return (int(row[0]), int(row[1])) if row is not None else None
 
 
 def _rss(worker: int | None) -> int:
@@ -400,6 +418,7 @@ def run_pipeline_bench(
 
             say(f"throughput: {len(msgs):,} canonical events for {members:,} members")
             cpu_mark("start")
+            wal0 = _wal(st["store"])
             t0 = time.perf_counter()
             _produce(st["broker"], msgs)
             produced = time.perf_counter() - t0
@@ -407,6 +426,7 @@ def run_pipeline_bench(
                 st["broker"], stages, time.monotonic() + 1800, say, on_stage=cpu_mark
             )
             elapsed = time.perf_counter() - t0
+            wal1 = _wal(st["store"])
             rss1 = _rss(pid)
             # wait_stages takes the stages in order, each from when the previous caught up
             done_at, stage_s = produced, {}
@@ -458,6 +478,10 @@ def run_pipeline_bench(
                 latency_hops_ms=hops,
                 latency_batches=batches,
                 latency_cpu_ms_per_row=latency_cpu,
+                wal_bytes_per_event=round((wal1[0] - wal0[0]) / len(msgs), 1)
+                if wal0 and wal1 else None,
+                wal_records_per_event=round((wal1[1] - wal0[1]) / len(msgs), 2)
+                if wal0 and wal1 else None,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
                 cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
