@@ -40,7 +40,10 @@ def run(conn: Connection, sql: str, params: dict[str, Any]) -> CursorResult[Any]
     return conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
 
 
-#: The profile upsert: columns derived from the export document in PostgreSQL.
+#: The profile upsert: columns derived from the export document in PostgreSQL. The
+#: ``OFFSET 0`` keeps the planner from flattening the lateral subquery, which had replaced
+#: every ``d`` below by ``u.doc::jsonb``: the document was parsed ~20 times per row
+#: (300 profiles: 48 ms, 14 ms with one parse each).
 _UPSERT_PROFILES = (
     "INSERT INTO profiles (profile_id, member_id, member_nos, identifiers, enrolled_at,"
     " tier, points_balance, qualifying_spend_cents, lifetime_spend_cents, purchase_count,"
@@ -58,7 +61,7 @@ _UPSERT_PROFILES = (
     " u.due, now()"
     " FROM unnest(%(pids)b::text[], %(docs)b::text[], %(versions)b::bigint[],"
     " %(due)b::timestamptz[]) AS u(pid, doc, version, due)"
-    " CROSS JOIN LATERAL (SELECT u.doc::jsonb AS d) j"
+    " CROSS JOIN LATERAL (SELECT u.doc::jsonb AS d OFFSET 0) j"
     " ON CONFLICT (profile_id) DO UPDATE SET member_id = EXCLUDED.member_id,"
     " member_nos = EXCLUDED.member_nos, identifiers = EXCLUDED.identifiers,"
     " enrolled_at = EXCLUDED.enrolled_at, tier = EXCLUDED.tier,"
