@@ -63,8 +63,8 @@ class OutboxRow:
     event_id: str
     key: str
     payload: bytes
+    partition: int  # with seq, its key in the pending table
     topic: str = LOYALTY
-    partition: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +143,8 @@ class Outbox:
         out = []
         for seq, eid in rows:
             sent = uniq[eid]
-            out.append(OutboxRow(seq, eid, sent.key, sent.payload, self.topic_of(sent.type),
-                                 sent.partition))
+            topic = self.topic_of(sent.type)
+            out.append(OutboxRow(seq, eid, sent.key, sent.payload, sent.partition, topic))
         return sorted(out, key=lambda r: r.seq)
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
@@ -205,7 +205,7 @@ class Outbox:
             return 0
         since = min(r[4] for r in rows) - timedelta(seconds=60)
         unmarked = [
-            OutboxRow(r[0], r[1], r[2], bytes(r[3]), self.topic_of(r[5]), r[6]) for r in rows
+            OutboxRow(r[0], r[1], r[2], bytes(r[3]), r[6], self.topic_of(r[5])) for r in rows
         ]
         on_topic: set[str] = set()
         for topic in sorted({r.topic for r in unmarked}):
