@@ -158,9 +158,19 @@ def repeat_reason(
 ) -> Reason | None:
     if policy.repeat_days == 0:
         return None
-    prior = [s for s in _within(history, now, policy.repeat_days) if s.offer_id == offer_id]
-    if prior:
-        last = max(prior, key=lambda s: s.sent_at)
+    # One pass, the offer compared first: this runs per candidate offer and channel of every
+    # moment over the member's whole history (14% of decisioning's CPU as a filtered copy of
+    # the window per call). The earliest of equal latest sends is reported, as max() did.
+    since = now - timedelta(days=policy.repeat_days)
+    last: Send | None = None
+    for s in history:
+        if (
+            s.offer_id == offer_id
+            and since < s.sent_at <= now
+            and (last is None or s.sent_at > last.sent_at)
+        ):
+            last = s
+    if last is not None:
         return Reason(
             "repeat_offer",
             f"offer sent on {last.channel} at {last.sent_at.isoformat()}, within "

@@ -19,6 +19,7 @@ from app.decisioning import (
 )
 from app.decisioning.catalog import Coefficients, OfferCatalog
 from app.decisioning.features import logistic
+from app.decisioning.policy import repeat_reason
 from app.domain.program import CampaignConfig, Program
 from tests.decisioning.helpers import (
     NOW,
@@ -436,3 +437,20 @@ def test_the_shipped_catalog_renders_every_moment() -> None:
     near = decide(event("milestone_approaching"), profile(points_balance=9800), ctx(), cat,
                   [], NOW)
     assert near.chosen("email")[0].offer_id == "sku-rain-jacket"  # 249 points close 200
+
+
+def test_repeat_reason_names_the_latest_send_of_that_offer_in_the_window() -> None:
+    policy = CAT.contact_policy
+    days = timedelta(days=policy.repeat_days)
+    history = [
+        Send("dbl", "email", NOW - days),  # at the window's open end: outside
+        Send("dbl", "push", NOW - days / 2),
+        Send("dbl", "email", NOW - days / 4),  # the latest in the window
+        Send("other", "sms", NOW - timedelta(hours=1)),
+        Send("dbl", "sms", NOW + timedelta(hours=1)),  # after now: not history yet
+    ]
+    why = repeat_reason("dbl", policy, history, NOW)
+    assert why is not None and why.code == "repeat_offer"
+    assert why.text.startswith(f"offer sent on email at {(NOW - days / 4).isoformat()}")
+    assert repeat_reason("dbl", policy, history[:1] + history[3:], NOW) is None
+    assert repeat_reason("new", policy, history, NOW) is None
