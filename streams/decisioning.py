@@ -111,6 +111,7 @@ PUSH_TOKEN_SQL = (
     " ORDER BY profile_id, occurred_at DESC, seq DESC"
 )
 
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """A moment waiting for its decision: the profile it is about (as the event named it)."""

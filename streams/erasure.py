@@ -22,7 +22,8 @@ cannot write a snapshot of the person meanwhile) and the decisioning lock of the
   had: the current one, ``member:<n>`` for each of their member numbers and the guest id of
   each of their records (a guest id is a hash of one of the cluster's records, see
   :mod:`app.domain.identity`), so a retired profile the stage has not yet deleted goes too;
-* ``loyalty_outbox``, ``offer_outbox``, ``decisions`` and ``contact_history`` of those ids;
+* ``loyalty_outbox``, ``offer_outbox`` (and their rows' entries in ``<outbox>_pending``),
+  ``decisions`` and ``contact_history`` of those ids;
 * and an ``erasure_audit`` row: the identifier's type and keyed hash, opaque profile
   references (:func:`profile_ref`), the counts per table, the actor; no raw identifier,
   member number or profile id.

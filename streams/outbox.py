@@ -17,11 +17,13 @@ decisioning agent). Both share the table, its per-partition reconciliation and e
 
 Marks can be deferred (``defer_marks``, the profile stage): the rows published after one
 transaction are marked inside the stage's next one (:meth:`Outbox.mark_published`), or by
-:meth:`Outbox.flush_marks` when the stage goes idle, instead of in a transaction of their
-own. That took a round trip and a commit (a WAL flush) per batch off the stage's critical
-path: ~33 ms of a ~250 ms profile batch at 1,000 rows/s. It widens nothing: an unmarked row
-is exactly the state a crash between acknowledgement and mark leaves, which reconciliation
-already resolves.
+:meth:`Outbox.flush_marks` when the stage goes idle or gives up a partition, instead of in a
+transaction of their own. That took a round trip and a commit (a WAL flush) per batch off the
+stage's critical path: ~33 ms of a ~250 ms profile batch at 1,000 rows/s. The price: a
+stopped or crashed worker leaves up to about a second of published rows pending, not only
+those of its last batch, so the next owner's reconciliation reads that much more of the
+topics back. That read-back is what already made a crash between acknowledgement and mark
+exact; it now covers a wider window.
 
 A crash between the broker's acknowledgement and the mark leaves rows that *were*
 published but are not marked. :meth:`Outbox.reconcile` (run when a worker takes over a
@@ -161,21 +163,25 @@ class Outbox:
             self._mark([(r.partition, r.seq) for r in rows])
         self.published.update(r.topic for r in rows)
 
-    def mark_published(self, conn: Connection) -> None:
-        """Mark the rows acknowledged since the last call, in the caller's transaction.
+    def mark_published(self, conn: Connection) -> int:
+        """Mark the rows acknowledged so far, in the caller's transaction; returns how many,
+        for :meth:`marks_committed` once that transaction committed (until then they stay
+        listed: marking twice is harmless, a rolled-back mark is retried)."""
+        n = len(self._unmarked)
+        if n:
+            self._delete_pending(conn, self._unmarked[:n])
+        return n
 
-        Should that transaction roll back, the rows stay unmarked in the store and the
-        worker crashes (a failed stage batch stops it): the next owner's reconciliation
-        finds them on the topic and marks them, as after any crash."""
-        if self._unmarked:
-            keys, self._unmarked = self._unmarked, []
-            self._delete_pending(conn, keys)
+    def marks_committed(self, n: int) -> None:
+        """The first ``n`` listed marks are in the store."""
+        del self._unmarked[:n]
 
     def flush_marks(self) -> None:
         """Mark what is still unmarked in a transaction of its own (idle, or revoked)."""
         if self._unmarked:
             with self.store.tx() as conn:
-                self.mark_published(conn)
+                n = self.mark_published(conn)
+            self.marks_committed(n)
 
     def _mark(self, keys: Sequence[tuple[int, int]]) -> None:
         with self.store.tx() as conn:

@@ -118,7 +118,8 @@ class ProfileStage:
         self.out = out
         self.outbox = outbox
         # rows are marked published in the next batch's first transaction, or by the timer
-        # (streams/outbox.py, "Marks can be deferred"): not in a commit of their own
+        # (streams/outbox.py, "Marks can be deferred"): not in a commit of their own. The
+        # stage owns this outbox: it is the one that calls mark_published and flush_marks.
         outbox.defer_marks = True
         self.partitions = partitions
         self.manual = clock == "manual"
@@ -182,9 +183,11 @@ class ProfileStage:
     def advance_wall_clock(self) -> None:
         """The once-a-second timer: time-driven effects of every owned profile up to now
         (wall clock), and the marks of rows published by the last batch if none followed."""
-        self.outbox.flush_marks()
         if not self.manual and (self.owned or self.assigned):
+            # (its first transaction marks the last batch's rows too)
             self._run(sorted(self.owned | self.assigned), {}, {}, advance_all=True)
+        else:
+            self.outbox.flush_marks()
 
     # -- the transaction ----------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class ProfileStage:
             self.outbox.reconcile(fresh)
         with self.store.tx() as conn:
             self.store.partition_locks(conn, parts)
-            self.outbox.mark_published(conn)  # the previous batch's rows (defer_marks)
+            marked = self.outbox.mark_published(conn)  # the previous batch's rows
             target = self._collect(conn, parts, touched, ticks, advance_all)
             # by partition: a chunk locks few partitions
             order = sorted(touched, key=lambda pid: (self._part(pid), pid))
@@ -221,6 +224,7 @@ class ProfileStage:
             done = self._chunk(
                 conn, chunks[0], touched, ticks, advance_all, target, last=len(chunks) == 1
             )
+        self.outbox.marks_committed(marked)
         self._committed(*done)
         for i, chunk in enumerate(chunks[1:], 2):
             last = i == len(chunks)

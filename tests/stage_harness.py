@@ -90,11 +90,20 @@ class Pipeline:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.out = FakeProducer()
-        outbox = Outbox(store, self.out, "unused:9092")  # type: ignore[arg-type]
-        self.identity = IdentityStage(PROGRAM, store, self.out, outbox, PARTS)  # type: ignore[arg-type]
-        self.profiles = ProfileStage(
-            PROGRAM, store, self.out, outbox, PARTS, clock="manual"  # type: ignore[arg-type]
+        # one outbox per stage, as in the worker: the profile stage defers its marks
+        ident_outbox = Outbox(store, self.out, "unused:9092")  # type: ignore[arg-type]
+        self.identity = IdentityStage(
+            PROGRAM, store, self.out, ident_outbox, PARTS  # type: ignore[arg-type]
         )
+        self.profiles = ProfileStage(
+            PROGRAM, store, self.out, Outbox(store, self.out, "unused:9092"),  # type: ignore[arg-type]
+            PARTS, clock="manual",
+        )
+        # reconciliation reads back what this pipeline's fake producer sent (the topics)
+        self.profiles.outbox._ids_on_topic = self.ids_on_topic  # type: ignore[method-assign]
+
+    def ids_on_topic(self, since_ms: int, topic: str) -> set[str]:
+        return {orjson.loads(v)["id"] for t, v, _, _ in self.out.sent if t == topic and v}
 
     def feed(self, records: list[Record]) -> None:
         self.identity.process([Msg(cloudevent(r)) for r in records])

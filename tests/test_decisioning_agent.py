@@ -158,7 +158,10 @@ def test_milestone_band_to_email_offer_with_reasons_and_replay(store: Store) -> 
     assert all(k == "M1" for _, k, _ in msgs)
     with store.tx() as conn:
         n_hist = conn.execute(text("SELECT count(*) FROM contact_history")).scalar_one()
+        pending = conn.execute(text("SELECT count(*) FROM offer_outbox_pending")).scalar_one()
+        rows = conn.execute(text("SELECT count(*) FROM offer_outbox")).scalar_one()
     assert n_hist == len(msgs)
+    assert rows == len(msgs) and pending == 0  # published, then marked at once
 
     # a replay (same events, a fresh agent as after a restart) sends nothing
     agent2, out2 = _agent(store)

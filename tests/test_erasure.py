@@ -104,9 +104,13 @@ def test_erase_removes_one_person_and_audits_without_pii(store: Store) -> None:
         "SELECT count(*) FROM loyalty_outbox_pending p"
         " WHERE NOT EXISTS (SELECT 1 FROM loyalty_outbox o WHERE o.seq = p.seq)"
     )
+    pending_of_bob = pending_of_ann.replace("member:M1", "member:M2")
+    bobs = count(store, pending_of_bob)
+    assert bobs > 0
 
     done = erase(store, "email", "ann@example.com", PARTS, "tester")
     assert count(store, orphans) == 0  # her pending marks went with her outbox rows
+    assert count(store, pending_of_bob) == bobs  # and nobody else's
 
     assert done.profile_ids == ("member:M1",)
     assert done.counts["records"] == len(ANN)

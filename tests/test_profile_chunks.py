@@ -143,8 +143,11 @@ def run(store: Store, chunk: int) -> tuple[dict[str, Any], list[Any], int]:
             {"member:M2": {"pos.returns:R3": LATE_REFUND}} if waits else {}
         )  # no empty entry kept per profile
         # marks are deferred: a batch's rows are marked in the next batch's transaction
-        now = {r[0] for r in store_state(store)["outbox"] if not r[6]}
+        pending = [r for r in store_state(store)["outbox"] if not r[6]]
+        now = {r[0] for r in pending}
         assert not now & unmarked
+        # the identity stage's own rows (merges) are marked at once: it does not defer
+        assert all(r[3] != "profiles_merged" for r in pending)
         unmarked = now
     # ... and the last batch's by the timer; only published rows were left unmarked
     assert unmarked and unmarked <= {orjson.loads(v)["id"] for t, v, _ in messages(p.out)

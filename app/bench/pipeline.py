@@ -24,10 +24,12 @@ Figures (nothing here is pass/fail):
   decisioning caught up (``app/bench/cpu.py``): far less noisy than the rates on a shared
   host, and it says where the time goes.
 * ``wal_bytes_per_event`` / ``wal_records_per_event``: the write-ahead log the PostgreSQL
-  server wrote over the throughput phase (to decisions caught up; ``pg_stat_wal``) per
-  canonical event: what the store's writes cost, steadier than any rate on a shared host.
-  In the embedded stack every logical-decoding WAL sender of the source databases reads all
-  of it too.
+  server wrote over the throughput phase (to decisions caught up) per canonical event: the
+  bytes exactly (the WAL insert position), the records as ``pg_stat_wal`` has them (each
+  backend reports at most once a second). Whole-server figures: in that phase nearly all of
+  it is the store's writes (the sources are idle), with autovacuum. Steadier than any rate
+  on a shared host; in the embedded stack every logical-decoding WAL sender of the source
+  databases reads all of it too.
 * ``rss_bytes_per_member``: growth of the resident memory of the worker and its profile
   process (the stages) over the throughput phase divided by the members it added (state
   cache, graph, Python overhead included).
@@ -216,10 +218,14 @@ def stage_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, di
 
 
 def _wal(store: str) -> tuple[int, int] | None:
-    """The server's WAL bytes and records written so far (``pg_stat_wal``, PostgreSQL 14+)."""
+    """The server's WAL insert position in bytes and the WAL records ``pg_stat_wal`` has
+    counted so far (PostgreSQL 14+)."""
     try:
         with psycopg.connect(store, autocommit=True) as conn:
-            row = conn.execute("SELECT wal_bytes::bigint, wal_records FROM pg_stat_wal").fetchone()
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint,"
+                " wal_records FROM pg_stat_wal"
+            ).fetchone()
     except psycopg.Error:
         return None
     return (int(row[0]), int(row[1])) if row is not None else None

@@ -43,12 +43,16 @@ END $$
 
 def upgrade() -> None:
     _compression("lz4")
-    op.execute(
-        "CREATE INDEX records_consent_idx ON records (profile_id, occurred_at DESC, seq DESC)"
-        " WHERE type = 'cdp.consent.changed'"
-    )
+    # built without blocking the identity stage's inserts into a large ``records`` table
+    # (CONCURRENTLY cannot run in a transaction: alembic commits around this block)
+    with op.get_context().autocommit_block():
+        op.execute(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS records_consent_idx"
+            " ON records (profile_id, occurred_at DESC, seq DESC)"
+            " WHERE type = 'cdp.consent.changed'"
+        )
 
 
 def downgrade() -> None:
     op.execute("DROP INDEX IF EXISTS records_consent_idx")
-    _compression("pglz")
+    _compression("DEFAULT")  # the server's default_toast_compression, as before
