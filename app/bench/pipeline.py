@@ -433,6 +433,7 @@ def run_pipeline_bench(
             )
             elapsed = time.perf_counter() - t0
             wal1 = _wal(st["store"])
+            wal = (wal1[0] - wal0[0], wal1[1] - wal0[1]) if wal0 and wal1 else None
             rss1 = _rss(pid)
             # wait_stages takes the stages in order, each from when the previous caught up
             done_at, stage_s = produced, {}
@@ -484,10 +485,8 @@ def run_pipeline_bench(
                 latency_hops_ms=hops,
                 latency_batches=batches,
                 latency_cpu_ms_per_row=latency_cpu,
-                wal_bytes_per_event=round((wal1[0] - wal0[0]) / len(msgs), 1)
-                if wal0 and wal1 else None,
-                wal_records_per_event=round((wal1[1] - wal0[1]) / len(msgs), 2)
-                if wal0 and wal1 else None,
+                wal_bytes_per_event=round(wal[0] / len(msgs), 1) if wal else None,
+                wal_records_per_event=round(wal[1] / len(msgs), 2) if wal else None,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
                 rss_bytes_per_added_member=round(added, 1),
                 cpu_ms_per_event=per_event_ms(cpu["start"], cpu.get("profiles", {}), len(msgs)),
