@@ -13,6 +13,15 @@ has no identity and forms no profile; :meth:`IdentityGraph.add` raises
 a store's sales), so the identifier-less return of such a sale is an unknown purchase here;
 the stream adapter recognises it from the anonymous sales it recorded.
 
+Purchase nodes are most of a graph (a member with 50 purchases has 52 nodes, ~5.8 KB; without
+them ~0.8 KB), and only a later record of the same purchase ever looks one up. So a graph can
+forget them (:meth:`IdentityGraph.forget_purchases`, oldest first, never a cluster's root) and
+be taught one again by re-adding any stored record of that purchase: adding a record the graph
+has seen changes nothing but the purchase node. A caller that forgets must do that before it
+adds a record naming a purchase the graph does not know (:meth:`IdentityGraph.purchase_known`);
+the identity stage looks them up in the store (``streams/identity.py``). The pure graph never
+forgets on its own.
+
 A non-merging identifier (phone by default) is *attached* to the cluster of its record but
 never joins two clusters: two people sharing a household phone stay two profiles.
 
@@ -98,12 +107,17 @@ class Resolution:
 class IdentityGraph:
     """All clusters known to one resolver. ``add`` is O(α(n)) per identifier."""
 
-    __slots__ = ("_clusters", "_parent", "_program")
+    __slots__ = ("_clusters", "_parent", "_program", "_purchases")
 
     def __init__(self, program: CompiledProgram) -> None:
         self._program = program
         self._parent: dict[str, str] = {}
         self._clusters: dict[str, _Cluster] = {}  # root node -> cluster
+        # purchase nodes that can be forgotten, oldest first: those that joined a cluster
+        # rooted elsewhere. No node ever points to such a node (only roots become parents:
+        # unions link roots, path compression links to the root), so deleting it changes
+        # no other node's cluster.
+        self._purchases: dict[str, None] = {}
 
     def _find(self, node: str) -> str:
         parent = self._parent
@@ -134,6 +148,9 @@ class IdentityGraph:
         """Resolve a record (idempotent for duplicates) and report merges and renames."""
         nodes = self._nodes(r)
         parent, clusters = self._parent, self._clusters
+        pnode = nodes[-1] if nodes[-1][0] == "p" else None
+        if pnode is not None and pnode in parent:
+            pnode = None  # only a new purchase node is tracked below
         found: set[str] = set()
         for n in nodes:
             p = parent.get(n)
@@ -163,6 +180,8 @@ class IdentityGraph:
                 parent[other] = root
             for n in nodes:
                 parent[self._find(n)] = root
+        if pnode is not None and parent[pnode] != pnode:
+            self._purchases[pnode] = None
         t, first = r.occurred_at, cluster.earliest
         if t < first[0] or (t == first[0] and r.record_id < first[1]):
             cluster.earliest = (t, r.record_id)
@@ -204,6 +223,27 @@ class IdentityGraph:
             return None
         return self._clusters[self._find(node)].cluster_id()
 
+    def purchase_known(self, purchase_id: str) -> bool:
+        """Whether the graph holds a node of this purchase (see :meth:`forget_purchases`)."""
+        return "p:" + purchase_id in self._parent
+
+    def forget_purchases(self, keep: int) -> int:
+        """Forget the oldest purchase nodes beyond ``keep``; returns how many went.
+
+        Only nodes that joined a cluster rooted elsewhere are forgotten (see ``_purchases``),
+        so every cluster, its id and its identifiers stay as they are. Until a record of the
+        purchase is added again, the graph no longer knows the purchase: the caller re-adds
+        a stored record of it before adding any record that names it (module doc).
+        """
+        tracked, parent = self._purchases, self._parent
+        gone = 0
+        while len(tracked) > keep:
+            node = next(iter(tracked))
+            del tracked[node]
+            parent.pop(node, None)
+            gone += 1
+        return gone
+
     def cluster_of_purchase(self, purchase_id: str) -> str | None:
         node = "p:" + purchase_id
         if node not in self._parent:
@@ -238,6 +278,8 @@ class IdentityGraph:
             root = c["nodes"][0]
             for node in c["nodes"]:
                 g._parent[node] = root
+                if node != root and node[0] == "p":
+                    g._purchases[node] = None
             t, rid = c["earliest"]
             pairs = (key.partition(":") for key in c["identifiers"])  # types hold no ":"
             g._clusters[root] = _Cluster(

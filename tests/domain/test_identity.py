@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.domain.identity import IdentityGraph
 from app.domain.profiles import Profiles
 from app.domain.program import DEFAULT_PROGRAM, Program
-from app.domain.records import AnonymousRecord, InvalidRecord, UnknownPurchase
+from app.domain.records import (
+    AnonymousRecord,
+    IdentityLinked,
+    InvalidRecord,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    Record,
+    UnknownPurchase,
+)
 from app.domain.state import MemberState
-from tests.domain.builders import at, buy, enroll, link, redeem, refund
+from tests.domain.builders import at, buy, enroll, ids, link, redeem, refund
 from tests.domain.helpers import keys
 from tests.domain.reference import Reference
 
@@ -147,3 +158,74 @@ def test_graph_storage_round_trip() -> None:
     assert g2.clusters() == g.clusters() and g2.to_dict() == g.to_dict()
     nxt = link("c3", at(5), customer_id="c2", email="a@x")
     assert g2.add(nxt) == g.add(nxt)
+
+
+def _purchase_records(draw: st.DrawFn) -> list[Record]:
+    """Purchases, refunds and links over a small pool of identifiers and purchase ids, so
+    refunds with identifiers join clusters through their purchase (or precede it)."""
+    pool = [{}, {"customer_id": "c1"}, {"customer_id": "c2"}, {"email": "a@x"},
+            {"member_no": "7"}, {"phone": "555"}, {"customer_id": "c2", "email": "b@x"}]
+    out: list[Record] = []
+    for n in range(draw(st.integers(1, 14))):
+        who = ids(**draw(st.sampled_from(pool)))
+        pid = "pos:" + draw(st.sampled_from("ABCDE"))
+        t = at(draw(st.integers(0, 30)))
+        kind = draw(st.sampled_from(["buy", "refund", "link"]))
+        if kind == "buy":
+            out.append(PurchaseCompleted(f"pos.transactions:T{n}", "pos", "transactions", f"T{n}",
+                                         t, who, pid, 1000, "USD"))
+        elif kind == "refund":
+            out.append(PurchaseRefunded(f"pos.returns:R{n}", "pos", "returns", f"R{n}", t, who,
+                                        f"R{n}", pid, 100))
+        else:
+            out.append(IdentityLinked(f"web.customers:L{n}", "web", "customers", f"L{n}", t, who))
+    return out
+
+
+@given(st.data())
+def test_forgotten_purchases_restored_from_stored_records_change_nothing(
+    data: st.DataObject,
+) -> None:
+    """A graph that forgets purchase nodes (``forget_purchases``) and, before adding a record
+    that names a purchase it no longer knows, re-adds the stored records of that purchase
+    (what the identity stage does from the store) resolves every record exactly as a graph
+    that never forgot: same cluster ids, same refusals, same clusters."""
+    records = data.draw(st.composite(_purchase_records)())
+    keep = data.draw(st.integers(0, 2))
+    full, lean = IdentityGraph(P), IdentityGraph(P)
+    stored: list[Record] = []  # what the store holds: the records placed so far
+    for r in records:
+        purchase = getattr(r, "purchase_id", None)
+        if purchase is not None and not lean.purchase_known(purchase):
+            mine = [s for s in stored if getattr(s, "purchase_id", None) == purchase]
+            for s in sorted(mine, key=lambda s: not s.identifiers):
+                with contextlib.suppress(UnknownPurchase):
+                    assert lean.add(s).previous_ids == ()  # nothing but the purchase node
+        outcome = []
+        for g in (full, lean):
+            try:
+                res = g.add(r)
+                outcome.append((res.cluster_id, res.previous_ids, [e.id for e in res.events]))
+            except (AnonymousRecord, UnknownPurchase) as exc:
+                outcome.append(type(exc).__name__)
+        assert outcome[0] == outcome[1], r
+        if not isinstance(outcome[0], str):
+            stored.append(r)
+        lean.forget_purchases(keep)
+    assert lean.clusters() == full.clusters()
+    assert len(lean._purchases) <= keep
+
+
+def test_forget_purchases_keeps_roots_and_counts() -> None:
+    g = IdentityGraph(P)
+    g.add(buy("A", 100, at(1), customer_id="c1"))
+    g.add(buy("B", 100, at(2), customer_id="c1"))
+    g.add(buy("P", 100, at(3), phone="555"))  # no merging identifier: the node is the root
+    assert g.forget_purchases(1) == 1
+    assert not g.purchase_known("pos:A") and g.purchase_known("pos:B")
+    assert g.forget_purchases(0) == 1
+    assert g.purchase_known("pos:P")  # a cluster's root is never forgotten
+    with pytest.raises(UnknownPurchase):
+        g.add(refund("R", "A", 10, at(4)))
+    g.add(buy("A", 100, at(1), customer_id="c1"))  # the stored record teaches it back
+    assert g.add(refund("R", "A", 10, at(4))).cluster_id == g.cluster_of("customer_id", "c1")
