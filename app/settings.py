@@ -61,6 +61,10 @@ class WorkerTuning(BaseSettings):
     #: Member states kept hot per worker; the least recently used beyond this are compacted
     #: to their stored form (~1.5 KB) and restored on their next use (streams/profiles.py).
     hot_states: int = Field(5000, ge=1)
+    #: Purchase nodes the identity stage's graph keeps, the most recent (streams/identity.py):
+    #: a forgotten purchase is looked up in the store when a record names it again. About
+    #: 110 bytes each; without a bound they were ~5 KB of every member's memory.
+    purchase_nodes: int = Field(100_000, ge=0)
     #: Profiles per profile-stage transaction: a batch is folded, written and published in
     #: chunks of this many, so its working set is one chunk's (streams/profiles.py).
     profile_chunk: int = Field(250, ge=1)

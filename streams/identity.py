@@ -12,6 +12,14 @@ so replaying them in any order gives the same grouping and the same (content-der
 profile ids. Resolution costs microseconds per record, so one lock holder at a time is not
 the bottleneck; the expensive fold is partitioned by profile in the profile stage.
 
+Memory: the graph keeps every member's identifiers but only the ``purchase_nodes``
+(``LOYALTY_CDP_PURCHASE_NODES``) most recent purchase nodes (``IdentityGraph.forget_purchases``;
+they were ~90% of it). Before a batch is placed, the purchases it names that the graph does
+not know are looked up in ``records.purchase_id`` (migration ``cdp_0010``) and their stored
+records re-added to the graph, which teaches it the purchase exactly as before (a record the
+graph has seen changes nothing else). A brand-new purchase costs one index probe in that
+batch's single lookup.
+
 Each record is written to ``records`` with its profile; a merge moves the absorbed profiles'
 records to the survivor in the same transaction. Then one small notification per touched
 profile goes to ``cdp.resolved`` (key and partition = the profile): the profile stage reads
@@ -40,6 +48,7 @@ from app.domain.records import (
     UnknownPurchase,
     record_from_cloudevent,
 )
+from app.settings import worker_tuning
 from streams.erasure import last_erasure
 from streams.outbox import Outbox
 from streams.parsed_records import ParsedRecords
@@ -74,8 +83,13 @@ class IdentityStage:
         outbox: Outbox,
         partitions: int,
         parsed: ParsedRecords | None = None,
+        purchase_nodes: int | None = None,
     ) -> None:
         self.program = program
+        #: purchase nodes the graph keeps (the most recent; see the module doc)
+        self.purchase_nodes = (
+            worker_tuning().purchase_nodes if purchase_nodes is None else purchase_nodes
+        )
         self.parsed = parsed
         self.store = store
         self.out = out
@@ -86,7 +100,9 @@ class IdentityStage:
         self.erasure: int | None = None  # the latest erasure_audit id this graph reflects
         self._parked_known: list[tuple[Record, bytes]] | None = None
         self.counts = dict.fromkeys(
-            ("in", "batches", "records", "anonymous", "parked", "dlq", "merges", "busy_ms"), 0
+            ("in", "batches", "records", "anonymous", "parked", "dlq", "merges", "busy_ms",
+             "purchases_restored"),
+            0,
         )
 
     # -- parsing ------------------------------------------------------------------------
@@ -142,6 +158,7 @@ class IdentityStage:
         with self.store.tx() as conn:
             self.store.identity_lock(conn)
             self._catch_up(conn)
+            self._restore_purchases(conn, parsed)
             for r, payload in parsed:
                 self._place(r, payload, b)
             self.store.add_anonymous(conn, b.anonymous)
@@ -170,6 +187,26 @@ class IdentityStage:
             )
         self.out.flush_sync()
         self.outbox.publish(new_events)
+        self.graph.forget_purchases(self.purchase_nodes)
+
+    def _restore_purchases(self, conn: Any, parsed: list[tuple[Record, bytes]]) -> None:
+        """Teach the graph the purchases this batch (or a parked record) names that it has
+        forgotten: their stored records are re-added, those with identifiers first (a
+        refund without any is placed through its purchase's node)."""
+        graph = self.graph
+        wanted = {
+            p
+            for r, _ in [*parsed, *self._load_parked(conn)]
+            if (p := getattr(r, "purchase_id", None)) is not None and not graph.purchase_known(p)
+        }
+        if not wanted:
+            return
+        stored = [self.parse(p) for p in self.store.purchase_records(conn, sorted(wanted))]
+        stored.sort(key=lambda r: not r.identifiers)
+        for r in stored:
+            with contextlib.suppress(AnonymousRecord, UnknownPurchase):
+                graph.add(r)
+        self.counts["purchases_restored"] += len(stored)
 
     def _catch_up(self, conn: Any) -> None:
         """Replay records other workers committed since this worker last held the lock.
@@ -185,10 +222,12 @@ class IdentityStage:
             if self.parsed is not None:
                 self.parsed.clear()  # no erased person's record stays in memory here
         replayed = self.store.records_after(conn, self.seq)
-        for seq, payload in replayed:
+        for n, (seq, payload) in enumerate(replayed, 1):
             with contextlib.suppress(AnonymousRecord):  # stored by an earlier version
                 self.graph.add(self.parse(payload))
             self.seq = seq
+            if n % 10_000 == 0:  # a worker's first replay reads the whole store
+                self.graph.forget_purchases(self.purchase_nodes)
         if replayed or self.seq == 0:
             self._parked_known = None  # another worker may have parked or placed records
 
@@ -220,6 +259,7 @@ class IdentityStage:
             "occurred_at": r.occurred_at,
             "type": r.TYPE,
             "payload": payload,
+            "purchase_id": getattr(r, "purchase_id", None),
             "record": r,  # not a column: handed to the profile stage after commit
         }
         b.notes.setdefault(pid, False)

@@ -184,9 +184,9 @@ class Store:
             return {}
         result = run(
             conn,
-            "INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
+            "INSERT INTO records (record_id, profile_id, occurred_at, type, payload, purchase_id)"
             " SELECT * FROM unnest(%(ids)b::text[], %(pids)b::text[], %(times)b::timestamptz[],"
-            " %(types)b::text[], %(payloads)b::bytea[])"
+            " %(types)b::text[], %(payloads)b::bytea[], %(purchases)b::text[])"
             " ON CONFLICT (record_id) DO NOTHING RETURNING record_id, seq",
             {
                 "ids": [r["record_id"] for r in rows],
@@ -194,9 +194,23 @@ class Store:
                 "times": [r["occurred_at"] for r in rows],
                 "types": [r["type"] for r in rows],
                 "payloads": [r["payload"] for r in rows],
+                "purchases": [r.get("purchase_id") for r in rows],
             },
         )
         return {r[0]: r[1] for r in result}
+
+    @staticmethod
+    def purchase_records(conn: Connection, purchase_ids: Sequence[str]) -> list[bytes]:
+        """The stored payloads of these purchases' records (purchases, refunds): what the
+        identity stage re-adds to its graph for a purchase it has forgotten (cdp_0010)."""
+        if not purchase_ids:
+            return []
+        rows = run(
+            conn,
+            "SELECT payload FROM records WHERE purchase_id = ANY(%(p)b::text[])",
+            {"p": list(purchase_ids)},
+        )
+        return [bytes(r[0]) for r in rows]
 
     @staticmethod
     def reassign(conn: Connection, old: str, new: str) -> None:

@@ -115,3 +115,38 @@ def test_the_profile_upsert_parses_each_document_once(cdp: psycopg.Connection) -
     below_insert = next(line for line in plan if line.startswith("->"))
     assert below_insert.startswith("->  Nested Loop"), plan
     assert any(line.startswith("->  Result") for line in plan[plan.index(below_insert):]), plan
+
+
+def test_the_upgrade_fills_the_purchase_id_of_stored_records(pg_admin_dsn: str) -> None:
+    """cdp_0010: records stored before it get their purchase id from their payload, and the
+    identity stage's lookup by purchase reads the new index; the downgrade drops both."""
+    with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS cdp_purchase_test")
+        ensure_database(admin, "cdp_purchase_test")
+    dsn = database_dsn(pg_admin_dsn, "cdp_purchase_test")
+    upgrade("cdp", dsn, "cdp_0009")
+    rows = [("r1", "purchase.completed", b'{"data": {"purchase_id": "pos:A", "amount_cents": 5}}'),
+            ("r2", "purchase.refunded", b'{"data": {"purchase_id": "pos:A"}}'),
+            ("r3", "member.enrolled", b'{"data": {"member_no": "1"}}')]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for rid, type_, payload in rows:
+            conn.execute("INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
+                         " VALUES (%s, 'P', now(), %s, %s)", (rid, type_, payload))
+    upgrade("cdp", dsn, "head")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT record_id, purchase_id FROM records ORDER BY record_id"
+        ).fetchall() == [("r1", "pos:A"), ("r2", "pos:A"), ("r3", None)]
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT payload FROM records WHERE purchase_id = ANY(%s::text[])",
+            (["pos:A"],)))
+        assert "records_purchase_idx" in plan
+    command.downgrade(alembic_config("cdp", dsn), "cdp_0009")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT 1 FROM information_schema.columns"
+            " WHERE table_name = 'records' AND column_name = 'purchase_id'"
+        ).fetchone() is None
+    with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE cdp_purchase_test")
