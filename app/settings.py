@@ -61,6 +61,10 @@ class WorkerTuning(BaseSettings):
     #: Member states kept hot per worker; the least recently used beyond this are compacted
     #: to their stored form (~1.5 KB) and restored on their next use (streams/profiles.py).
     hot_states: int = Field(5000, ge=1)
+    #: Compacted states kept per worker beyond the hot ones; the least recently compacted
+    #: beyond this are dropped and read from the store again on their next use, so memory
+    #: does not grow with the number of members (streams/profiles.py).
+    cold_states: int = Field(50_000, ge=0)
     #: Purchase nodes the identity stage's graph keeps, the most recent (streams/identity.py):
     #: a forgotten purchase is looked up in the store when a record names it again. About
     #: 110 bytes each; without a bound they were ~5 KB of every member's memory.

@@ -61,7 +61,7 @@ __all__ = ["COUNTS", "ProfileStage", "encode_tick"]
 #: the stage's counters (``/healthz``, ``/metrics``)
 COUNTS = (
     "notes", "batches", "profiles_written", "events", "guest_purchases", "rejected", "busy_ms",
-    "records_read", "reloads",
+    "records_read", "reloads", "states_dropped",
 )
 
 
@@ -97,23 +97,31 @@ class ProfileStage:
         parsed: ParsedRecords | None = None,
         hot_limit: int | None = None,
         chunk: int | None = None,
+        cold_limit: int | None = None,
     ) -> None:
         """``hot_limit``: states kept hot (history and live fold as objects); the least
         recently used beyond it are compacted to their stored form (~1.5 KB,
         ``MemberState.compact``) and restored on their next use; ``next_due``/``as_of`` stay
         readable while cold, so the wall-clock timer finds due members without restoring the
-        rest. ``chunk``: profiles per transaction; a batch's touched profiles are folded,
+        rest. ``cold_limit``: compacted states kept; the least recently used beyond it are
+        dropped altogether and read from the store again on their next use (the store's
+        ``next_due`` index still finds their due effects), so the stage's memory is bounded
+        whatever the number of members. ``chunk``: profiles per transaction; a batch's touched profiles are folded,
         written and published in chunks of at most this many, so the batch's working set
         (records read, loyalty events and their outbox payloads, the statements' array
         parameters, snapshots) is one chunk's (see :meth:`_run`). Defaults:
-        ``LOYALTY_CDP_HOT_STATES`` and ``LOYALTY_CDP_PROFILE_CHUNK``."""
+        ``LOYALTY_CDP_HOT_STATES``, ``LOYALTY_CDP_COLD_STATES`` and
+        ``LOYALTY_CDP_PROFILE_CHUNK``."""
         tuning = worker_tuning()
         self.program = program
         self.chunk = tuning.profile_chunk if chunk is None else chunk
         self.parsed = parsed
         self.hot_limit = tuning.hot_states if hot_limit is None else hot_limit
+        self.cold_limit = tuning.cold_states if cold_limit is None else cold_limit
         #: hot states, least recently used first (see ``hot_limit``)
         self._hot: dict[str, None] = {}
+        #: compacted states, least recently compacted first (see ``cold_limit``)
+        self._cold: dict[str, None] = {}
         self.store = store
         self.out = out
         self.outbox = outbox
@@ -151,6 +159,7 @@ class ProfileStage:
 
     def _forget(self, pid: str) -> None:
         self._hot.pop(pid, None)
+        self._cold.pop(pid, None)
         self.states.pop(pid, None)
         self.seqs.pop(pid, None)
         self.versions.pop(pid, None)
@@ -369,11 +378,14 @@ class ProfileStage:
         self.counts["rejected"] += len(rejected)
 
     def _keep_hot(self, used: Iterable[str]) -> None:
-        """Mark ``used`` states as recently used; compact the least recent beyond the limit."""
-        hot = self._hot
+        """Mark ``used`` states as recently used; compact the least recent beyond the hot
+        limit, and drop the least recently compacted beyond the cold limit (a dropped state
+        is read from the store again, as after a restart)."""
+        hot, cold = self._hot, self._cold
         for pid in used:
             st = self.states.get(pid)
             if st is not None and not st.is_cold:
+                cold.pop(pid, None)
                 hot.pop(pid, None)
                 hot[pid] = None
         while len(hot) > self.hot_limit:
@@ -382,6 +394,16 @@ class ProfileStage:
             st = self.states.get(pid)
             if st is not None:
                 st.compact()
+                cold[pid] = None
+        while len(cold) > self.cold_limit:
+            pid = next(iter(cold))
+            st = self.states.get(pid)
+            if st is None or st.is_cold:
+                self._forget(pid)
+                self.counts["states_dropped"] += 1
+            else:  # thawed by a read since (not through ``used``): hot again
+                del cold[pid]
+                hot[pid] = None
 
     def _refresh(
         self,

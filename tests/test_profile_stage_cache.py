@@ -39,11 +39,14 @@ def history() -> list[list[Record]]:
     return [first, buys[:12], buys[12:], late]
 
 
-def run(store: Store, hot_limit: int, parsed: ParsedRecords | None) -> tuple[dict[str, Any], Any]:
+def run(
+    store: Store, hot_limit: int, parsed: ParsedRecords | None, cold_limit: int = 10_000
+) -> tuple[dict[str, Any], Any]:
     truncate(store)
     p = Pipeline(store)
     p.identity.parsed = p.profiles.parsed = parsed
     p.profiles.hot_limit = hot_limit
+    p.profiles.cold_limit = cold_limit
     for batch in history():
         p.identity.process([Msg(cloudevent(r)) for r in batch])
         p.drain()
@@ -68,6 +71,19 @@ def test_cold_states_and_handed_records_give_the_same_profiles(store: Store) -> 
     assert sum(not st.is_cold for st in states.values()) <= 2
     assert any(st.is_cold for st in states.values())
     assert parsed.hits > 0 and len(parsed) == 0  # every inserted record was taken once
+
+
+def test_dropped_states_are_read_back_from_the_store(store: Store) -> None:
+    """Beyond LOYALTY_CDP_COLD_STATES compacted states are dropped from memory; the members
+    they held come back (W0 buys again in the last batch) exactly as if kept."""
+    want, kept = run(store, hot_limit=10_000, parsed=None)
+    got, p = run(store, hot_limit=2, parsed=None, cold_limit=1)
+    assert got == want
+    assert p.profiles.counts["states_dropped"] > 0
+    assert len(p.profiles.states) <= 3  # 2 hot + 1 cold
+    # dropped members were read from the store again: their whole history, not just news
+    read = p.profiles.counts["records_read"]
+    assert read > kept.profiles.counts["records_read"]
 
 
 @pytest.mark.parametrize("chunk", [10_000, 2])
