@@ -107,9 +107,9 @@ class ProfileStage:
         dropped altogether and read from the store again on their next use (the store's
         ``next_due`` index still finds their due effects), so the stage's memory is bounded
         whatever the number of members. ``chunk``: profiles per transaction; a batch's
-        touched profiles are folded, written and published in chunks of at most this many, so the batch's working set
-        (records read, loyalty events and their outbox payloads, the statements' array
-        parameters, snapshots) is one chunk's (see :meth:`_run`). Defaults:
+        touched profiles are folded, written and published in chunks of at most this many,
+        so the batch's working set (records read, loyalty events and their outbox payloads,
+        the statements' array parameters, snapshots) is one chunk's (see :meth:`_run`). Defaults:
         ``LOYALTY_CDP_HOT_STATES``, ``LOYALTY_CDP_COLD_STATES`` and
         ``LOYALTY_CDP_PROFILE_CHUNK``."""
         tuning = worker_tuning()
