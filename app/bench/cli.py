@@ -102,17 +102,24 @@ def bench_pipeline(
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="An empty/new state dir (default: a fresh temp dir)."
     ),
+    scale_bursts: int = typer.Option(
+        6, "--scale-bursts", min=0,
+        help="Bursts of --members new members through a second stack with small caches, for"
+        " rss_bytes_per_member_at_scale (what a member costs once the caches are full);"
+        " 0 skips it.",
+    ),
 ) -> None:
     """Measure the stream topology: events/s vs a bare confluent-kafka loop, latency, memory.
 
-    Starts its own embedded stack (manual clock) and tears it down at the end.
+    Starts its own embedded stack (manual clock) and tears it down at the end; then, unless
+    --scale-bursts 0, a second one for the memory per member at scale.
     """
     from app.bench.pipeline import run_pipeline_bench
 
     console = Console(stderr=True)
     result = run_pipeline_bench(
         state_dir, members=members, events=events, rate=rate, duration=duration, warmup=warmup,
-        say=lambda m: console.print(f"[dim]{m}[/dim]"),
+        scale_bursts=scale_bursts, say=lambda m: console.print(f"[dim]{m}[/dim]"),
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict()))

@@ -37,7 +37,10 @@ Figures (nothing here is pass/fail):
   member count (README, Benchmarks), so also:
 * ``rss_bytes_per_added_member``: the growth over a second burst of the same size for as
   many new members, per member: what a further member costs once the batches' working set
-  is in place.
+  is in place (at this size every member is still a hot state).
+* ``rss_bytes_per_member_at_scale``: what a further member costs once the per-member caches
+  are full, from a second stack with small caches and ``scale_bursts`` bursts of new
+  members (``app/bench/memory.py``); ``rss_at_scale_mb`` the stages' memory after each.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
-from app.bench.cpu import cpu_by_role, per_event_ms, stage_processes
+from app.bench.cpu import cpu_by_role, per_event_ms
 from app.bench.hops import end_offsets, hop_latencies, read_since
+from app.bench.memory import SCALE_CACHES, least_squares_slope, scale_caches, stage_rss
 from app.cdc.connectors import change_topics
 from app.stack import embedded, postgres
 from app.stack.errors import StackError
@@ -95,6 +99,11 @@ class PipelineBenchResult:
     #: working set (which it keeps, and which does not depend on the member count), so this
     #: is what each further member costs (None: not measured)
     rss_bytes_per_added_member: float | None = None
+    #: bytes per further member once the caches are full (app/bench/memory.py; None: not
+    #: measured) and the stages' resident MB after each of its bursts
+    rss_bytes_per_member_at_scale: float | None = None
+    rss_at_scale_mb: list[float] = field(default_factory=list)
+    states_dropped_at_scale: int | None = None
     #: WAL written per canonical event over the throughput phase (None: not measured)
     wal_bytes_per_event: float | None = None
     wal_records_per_event: float | None = None
@@ -229,19 +238,6 @@ def _wal(store: str) -> tuple[int, int] | None:
     except psycopg.Error:
         return None
     return (int(row[0]), int(row[1])) if row is not None else None
-
-
-def _rss(worker: int | None) -> int:
-    """Resident memory of the worker and its profile-stage child (the stages' state)."""
-    if worker is None:
-        return 0
-    total = 0
-    for pid in stage_processes(worker):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
 
 
 def bare_loop(broker: str, start: list[TopicPartition], count: int) -> float:
@@ -401,7 +397,59 @@ def run_pipeline_bench(
     rate: int = 1_000,
     duration: float = 10.0,
     warmup: float = 5.0,
+    scale_bursts: int = 6,
     say: Say = _quiet,
+) -> PipelineBenchResult:
+    result = _run(state_dir, members, events, rate, duration, warmup, say)
+    if scale_bursts > 0:
+        slope, points, dropped = memory_at_scale(members, scale_bursts, say)
+        result.rss_bytes_per_member_at_scale = round(slope, 1)
+        result.rss_at_scale_mb = [round(mb, 1) for mb in points]
+        result.states_dropped_at_scale = dropped
+    return result
+
+
+def memory_at_scale(
+    members: int, bursts: int, say: Say = _quiet
+) -> tuple[float, list[float], int]:
+    """Bytes per member once the caches are full, the stages' MB after each burst, and how
+    many member states the profile stage dropped (read back from the store when needed).
+
+    A fresh stack with the small caches of :data:`SCALE_CACHES`; one burst of ``members``
+    new members (an enrollment and 4 purchases each) fills the caches, then ``bursts`` more;
+    the slope of the stages' resident memory over those (module doc of app/bench/memory.py).
+    """
+    with bench_state_dir(None) as sd, scale_caches():
+        caches = ", ".join(f"{k.removeprefix('LOYALTY_CDP_')}={v}" for k, v in SCALE_CACHES.items())
+        say(f"memory at scale: a second stack ({caches}), {bursts + 1} bursts of"
+            f" {members:,} new members")
+        st = embedded.up(sd, clock="manual", say=_quiet)
+        try:
+            pid = StackPaths(sd.resolve()).process("worker").pid()
+            stages = [s for s in STAGES(embedded._connectors()) if s[0] in ("identity", "profiles")]
+            points: list[tuple[float, float]] = []
+            for b in range(bursts + 1):
+                tag = f"s{b}{uuid.uuid4().hex[:5]}"
+                _produce(st["broker"], synthetic_events(members, 5 * members, tag))
+                wait_stages(st["broker"], stages, time.monotonic() + 1800, _quiet)
+                if b:  # the first burst filled the caches
+                    points.append((b * members, stage_rss(pid)))
+            mb = [y / 2**20 for _, y in points]
+            dropped = int((_stage_counts(st).get("profiles") or {}).get("states_dropped", 0))
+            return least_squares_slope(points), mb, dropped
+        finally:
+            with contextlib.suppress(StackError):
+                embedded.down(sd, drain_timeout=10)
+
+
+def _run(
+    state_dir: Path | None,
+    members: int,
+    events: int,
+    rate: int,
+    duration: float,
+    warmup: float,
+    say: Say,
 ) -> PipelineBenchResult:
     tag = uuid.uuid4().hex[:6]
     notes: list[str] = []
@@ -415,7 +463,7 @@ def run_pipeline_bench(
             msgs = synthetic_events(members, events, tag)
             start = end_offsets(st["broker"], "cdp.events")
             out_before = sum(tp.offset for tp in end_offsets(st["broker"], "loyalty.events"))
-            rss0 = _rss(pid)
+            rss0 = stage_rss(pid)
             roots = _roots(sd)
             cpu: dict[str, dict[str, float]] = {}
 
@@ -434,7 +482,7 @@ def run_pipeline_bench(
             elapsed = time.perf_counter() - t0
             wal1 = _wal(st["store"])
             wal = (wal1[0] - wal0[0], wal1[1] - wal0[1]) if wal0 and wal1 else None
-            rss1 = _rss(pid)
+            rss1 = stage_rss(pid)
             # wait_stages takes the stages in order, each from when the previous caught up
             done_at, stage_s = produced, {}
             for name, secs in phases.items():
@@ -449,10 +497,10 @@ def run_pipeline_bench(
             )
             bare = bare_loop(st["broker"], start, len(msgs))
             say(f"memory: a second burst of {len(msgs):,} events for {members:,} new members")
-            rss2 = _rss(pid)
+            rss2 = stage_rss(pid)
             _produce(st["broker"], synthetic_events(members, events, tag + "m"))
             wait_stages(st["broker"], stages, time.monotonic() + 1800, say)
-            added = max(0, _rss(pid) - rss2) / members
+            added = max(0, stage_rss(pid) - rss2) / members
             txns = next(t for t in change_topics(specs) if t.endswith(".transactions"))
             if warmup > 0:
                 # The CDC runner has been idle so far (the throughput phase writes to
