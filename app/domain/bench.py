@@ -8,7 +8,9 @@
 * bytes of memory per member state of a typical member (about 50 purchases), measured with
   tracemalloc over many members: hot (records + live fold) and cold (``compact()``: only
   the stored form), the CPU cost of compacting and restoring one, and the stored sizes
-  (format 2 of ``to_bytes()``, and the readable format 1 of ``to_dict()`` for comparison).
+  (format 2 of ``to_bytes()``, and the readable format 1 of ``to_dict()`` for comparison);
+* bytes of the identity graph per typical member, with every purchase node and with them
+  forgotten (``IdentityGraph.forget_purchases``, as the identity stage does at scale).
 
 The domain never reads a clock: the caller passes ``timer``. The CLI passes
 ``time.process_time`` (CPU seconds of this single-threaded process = "one core"), so the
@@ -27,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from app.domain.identity import IdentityGraph
 from app.domain.profiles import Profiles
 from app.domain.program import DEFAULT_PROGRAM, CompiledProgram
 from app.domain.records import (
@@ -183,6 +186,36 @@ def _bytes_per_member(
     }
 
 
+def _graph_bytes_per_member(program: CompiledProgram, members: int) -> tuple[float, float]:
+    """Identity-graph memory of typical members (tracemalloc): with every purchase node, and
+    with :meth:`IdentityGraph.forget_purchases` called every 1,000 records, as the identity
+    stage does after each batch (what it keeps at scale); a forgotten purchase is taught
+    back from its stored record before its refund, as the stage does."""
+    rng = random.Random(5)
+    records = sorted(
+        (r for n in range(members) for r in member_history(rng, n)), key=lambda r: r.sort_key()
+    )
+    # the store's purchase records, for a forgotten purchase (built before measuring)
+    stored = {r.purchase_id: r for r in records if isinstance(r, PurchaseCompleted)}
+    sizes = []
+    # as the identity stage does after each batch (smaller steps for a small sample)
+    for forget_every in (0, max(1, min(1000, len(records) // 20))):
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        graph = IdentityGraph(program)
+        for n, r in enumerate(records, 1):
+            if isinstance(r, PurchaseRefunded) and not graph.purchase_known(r.purchase_id):
+                graph.add(stored[r.purchase_id])  # what the stage reads back from the store
+            graph.add(r)
+            if forget_every and n % forget_every == 0:
+                graph.forget_purchases(0)
+        graph.forget_purchases(0 if forget_every else len(records))
+        sizes.append((tracemalloc.get_traced_memory()[0] - base) / members)
+        tracemalloc.stop()
+        del graph
+    return sizes[0], sizes[1]
+
+
 def _calibration_us(timer: Callable[[], float]) -> float:
     """Median µs of ``sum(range(1000))`` over 500 runs: how fast this host runs Python
     right now. An idle 2020s desktop core takes about 8-15 µs; on a busy host, scale the
@@ -216,6 +249,7 @@ def run_domain_bench(
     n_id, secs_id = _in_order_rate(program, max(1, members // 4), timer, with_identity=True)
     mem = _bytes_per_member(program, memory_members, timer)
     late_ms = _late_record_ms(program, timer, late_repeats)
+    graph_full, graph_lean = _graph_bytes_per_member(program, memory_members)
     return {
         "calibration_sum_range_1000_us": round(_calibration_us(timer), 1),
         "in_order_records": n,
@@ -234,6 +268,8 @@ def run_domain_bench(
         "member_state_stored_bytes_zlib": round(mem["compressed"]),
         "member_state_stored_bytes_format1": round(mem["stored_v1"]),
         "member_state_stored_bytes_format1_zlib": round(mem["stored_v1_zlib"]),
+        "identity_graph_bytes_per_member": round(graph_full),
+        "identity_graph_bytes_per_member_purchases_forgotten": round(graph_lean),
         "records_per_typical_member": per_member,
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -83,3 +84,7 @@ def test_bench_domain_runs_small() -> None:
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
     assert '"in_order_records_per_cpu_s"' in result.output
+    figures = json.loads(result.output)
+    # the graph's purchase nodes are most of it: forgetting them must shrink it
+    assert (figures["identity_graph_bytes_per_member_purchases_forgotten"]
+            < figures["identity_graph_bytes_per_member"] / 2)
