@@ -20,6 +20,12 @@ records re-added to the graph, which teaches it the purchase exactly as before (
 graph has seen changes nothing else). A brand-new purchase costs one index probe in that
 batch's single lookup.
 
+A merge or a rename is notified with ``refold``; those notifications are also written to
+``resolved_pending`` in the batch's transaction and deleted once the broker has them, and
+each batch first re-sends what it finds there: a crash between a batch's commit and its
+flush would otherwise lose them for good, since the redelivered batch finds the merge
+already in the store (migration ``cdp_0011``).
+
 Each record is written to ``records`` with its profile; a merge moves the absorbed profiles'
 records to the survivor in the same transaction. Then one small notification per touched
 profile goes to ``cdp.resolved`` (key and partition = the profile): the profile stage reads
@@ -158,6 +164,11 @@ class IdentityStage:
         with self.store.tx() as conn:
             self.store.identity_lock(conn)
             self._catch_up(conn)
+            # refold notifications a batch committed but may never have sent (a crash
+            # between its commit and its flush): sent again with this batch (cdp_0011)
+            pending = self.store.pending_notes(conn)
+            for _, pid in pending:
+                b.notes[pid] = True
             self._restore_purchases(conn, parsed)
             for r, payload in parsed:
                 self._place(r, payload, b)
@@ -174,6 +185,8 @@ class IdentityStage:
             self.seq = max(self.seq, *inserted.values()) if inserted else self.seq
             parts = {e.profile_id: partition_of(e.profile_id, self.partitions) for e in b.events}
             new_events = self.outbox.add(conn, b.events, parts)
+            refolds = [pid for pid, refold in b.notes.items() if refold]
+            kept = self.store.add_pending_notes(conn, refolds)
         if self.parsed is not None:
             self.parsed.put_many(b.rows[rid]["record"] for rid in inserted)
         self.counts["records"] += len(b.rows)
@@ -186,6 +199,7 @@ class IdentityStage:
                 partition=partition_of(pid, self.partitions),
             )
         self.out.flush_sync()
+        self.store.clear_pending_notes([seq for seq, _ in pending] + kept)
         self.outbox.publish(new_events)
         self.graph.forget_purchases(self.purchase_nodes)
 

@@ -200,6 +200,33 @@ class Store:
         return {r[0]: r[1] for r in result}
 
     @staticmethod
+    def pending_notes(conn: Connection) -> list[tuple[int, str]]:
+        """Refold notifications written by identity batches and not yet cleared (cdp_0011)."""
+        return [(r[0], r[1]) for r in conn.execute(
+            text("SELECT seq, profile_id FROM resolved_pending ORDER BY seq")
+        )]
+
+    @staticmethod
+    def add_pending_notes(conn: Connection, profile_ids: Sequence[str]) -> list[int]:
+        """Keep refold notifications until the broker has them; returns their seqs."""
+        if not profile_ids:
+            return []
+        rows = run(
+            conn,
+            "INSERT INTO resolved_pending (profile_id) SELECT * FROM unnest(%(p)b::text[])"
+            " RETURNING seq",
+            {"p": list(profile_ids)},
+        )
+        return [r[0] for r in rows]
+
+    def clear_pending_notes(self, seqs: Sequence[int]) -> None:
+        """The broker acknowledged these notifications (their own short transaction)."""
+        if seqs:
+            with self.tx() as conn:
+                run(conn, "DELETE FROM resolved_pending WHERE seq = ANY(%(s)b::bigint[])",
+                    {"s": list(seqs)})
+
+    @staticmethod
     def purchase_records(conn: Connection, purchase_ids: Sequence[str]) -> list[bytes]:
         """The stored payloads of these purchases' records (purchases, refunds): what the
         identity stage re-adds to its graph for a purchase it has forgotten (cdp_0010)."""

@@ -123,7 +123,8 @@ def count(store: Store, sql: str, **params: Any) -> int:
 
 #: Every table the stages and erasure write: emptied before each store-level test.
 STATE_TABLES = (
-    *TABLES, *(f"{t}_pending" for t in OUTBOXES), "anonymous_purchases", "erasure_audit", "clock"
+    *TABLES, *(f"{t}_pending" for t in OUTBOXES), "anonymous_purchases", "erasure_audit", "clock",
+    "resolved_pending",
 )
 
 

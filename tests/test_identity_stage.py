@@ -10,8 +10,8 @@ import pytest
 
 from app.domain.records import PurchaseRefunded
 from streams.store import Store
-from tests.domain.builders import at, buy, ids, refund
-from tests.stage_harness import Pipeline, clean_store, count
+from tests.domain.builders import at, buy, enroll, ids, link, refund
+from tests.stage_harness import Msg, Pipeline, clean_store, cloudevent, count
 
 pytest_plugins = ["tests.pg_support"]
 
@@ -63,3 +63,38 @@ def test_a_forgotten_purchase_is_read_back_from_the_store(store: Store) -> None:
     assert p.identity.counts["merges"] == 1
     assert p.identity.counts["purchases_restored"] >= 2
     assert not p.identity.graph.purchase_known("pos:A")  # forgotten again after the batch
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_between_commit_and_notifications_still_retires_the_absorbed_profile(
+    store: Store,
+) -> None:
+    """The identity stage commits a merge, then dies before its notifications reach the
+    broker (SIGKILL). The redelivered batch changes nothing in the graph (the store has the
+    merge), so only the store can say that the absorbed profile must be re-read: its
+    notification must still come, and the profile stage retire it."""
+    p = Pipeline(store)
+    p.feed([link("c1", at(1), customer_id="c1", email="a@x"),
+            buy("A", 1_000, at(2), customer_id="c1")])  # a guest profile
+    guest = p.identity.graph.cluster_of("customer_id", "c1")
+    assert guest is not None and guest.startswith("guest:")
+    enrolment = [enroll("9", at(3), customer_id="c1")]  # renames the guest to member:9
+
+    def dies() -> None:
+        raise _Crash
+    p.out.flush_sync = dies  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        p.identity.process([Msg(cloudevent(r)) for r in enrolment])
+    p.out.sent.clear()  # never reached the broker
+    del p.out.flush_sync
+    # the rename's two refold notifications (guest and member:9) wait in the store
+    assert count(store, "SELECT count(*) FROM resolved_pending") == 2
+    # the restarted worker: a new stage (graph replayed from the store), the batch redelivered
+    again = Pipeline(store)
+    again.feed(enrolment)
+    assert count(store, "SELECT count(*) FROM profiles") == 1
+    assert count(store, "SELECT count(*) FROM profiles WHERE profile_id = 'member:9'") == 1
+    assert count(store, "SELECT count(*) FROM resolved_pending") == 0  # sent, then cleared
