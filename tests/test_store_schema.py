@@ -150,3 +150,29 @@ def test_the_upgrade_fills_the_purchase_id_of_stored_records(pg_admin_dsn: str) 
         ).fetchone() is None
     with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
         admin.execute("DROP DATABASE cdp_purchase_test")
+
+
+def test_an_invalid_consent_index_is_built_again(pg_admin_dsn: str) -> None:
+    """cdp_0008 builds its index CONCURRENTLY; a build that failed half-way leaves an INVALID
+    index, which a re-run of the upgrade replaces instead of keeping (IF NOT EXISTS)."""
+    with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS cdp_invalid_test")
+        ensure_database(admin, "cdp_invalid_test")
+    dsn = database_dsn(pg_admin_dsn, "cdp_invalid_test")
+    upgrade("cdp", dsn, "cdp_0007")
+    valid = ("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+             " WHERE c.relname = 'records_consent_idx'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE INDEX records_consent_idx ON records (profile_id)")
+        conn.execute("UPDATE pg_index SET indisvalid = false"
+                     " WHERE indexrelid = 'records_consent_idx'::regclass")  # a failed build
+        assert conn.execute(valid).fetchone() == (False,)
+    upgrade("cdp", dsn, "cdp_0008")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(valid).fetchone() == (True,)
+        definition = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'records_consent_idx'"
+        ).fetchone()
+        assert definition is not None and "consent.changed" in definition[0]
+    with psycopg.connect(database_dsn(pg_admin_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE cdp_invalid_test")

@@ -46,6 +46,13 @@ def upgrade() -> None:
     # built without blocking the identity stage's inserts into a large ``records`` table
     # (CONCURRENTLY cannot run in a transaction: alembic commits around this block)
     with op.get_context().autocommit_block():
+        # a build that failed half-way (cancelled, deadlock) leaves an INVALID index that
+        # IF NOT EXISTS would keep for ever: drop it, so a re-run builds it again
+        op.execute(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c"
+            " ON c.oid = i.indexrelid WHERE c.relname = 'records_consent_idx'"
+            " AND NOT i.indisvalid) THEN DROP INDEX records_consent_idx; END IF; END $$"
+        )
         op.execute(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS records_consent_idx"
             " ON records (profile_id, occurred_at DESC, seq DESC)"
