@@ -95,7 +95,11 @@ class ProfileHost:
         trim: Callable[[], object] | None = None,
         *,
         freezer: GcFreezer | None = None,
+        gc_counts: bool = True,
     ) -> None:
+        """``gc_counts``: count this process's collector into the stage's counters; off on
+        a thread of the worker, whose own counters (``worker_gc``) already cover the
+        process (both would report the same collections)."""
         self.stage = stage
         self.freezer = freezer
         self.types: Counter[str] = Counter()
@@ -108,7 +112,8 @@ class ProfileHost:
             self.types.update(event_type(r.payload) for r in rows if r.topic == LOYALTY)
 
         stage.outbox.publish = counted  # type: ignore[method-assign]
-        count_gc(stage.counts)
+        if gc_counts:
+            count_gc(stage.counts)
 
     def report(self) -> Report:
         seconds, self._seconds = self._seconds, []

@@ -140,7 +140,7 @@ def _profile_stage(
         parsed=parsed,
     )
     threads = ThreadPoolExecutor(1, thread_name_prefix="profiles")
-    return ProfileHandle(threads, ProfileHost(stage).calls())
+    return ProfileHandle(threads, ProfileHost(stage, gc_counts=False).calls())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,11 @@ def test_the_host_reports_counts_published_types_and_durations() -> None:
     full = host.report()["counts"]["gc_full"]
     gc.collect()
     assert host.report()["counts"]["gc_full"] == full + 1  # the collector's work is counted
+    # on a thread of the worker the worker's own counters cover the process: not twice
+    other = _Stage()
+    ProfileHost(other, gc_counts=False)  # type: ignore[arg-type]
+    gc.collect()
+    assert "gc_full" not in other.counts
 
 
 def test_the_process_name_is_the_one_the_bench_looks_for() -> None:
