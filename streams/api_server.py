@@ -57,7 +57,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +76,7 @@ from streams.api import (
     parse_decision_request,
     parse_member_ref,
 )
+from streams.child_process import RestartBudget
 from streams.profile_cache import CHANNEL, DEFAULT_SIZE, Found, Key, ProfileCache, cache_size
 from streams.store import identifier_hash
 
@@ -484,7 +484,7 @@ class ApiSupervisor:
             return self._proc
 
     def _run(self) -> None:
-        deaths: deque[float] = deque()
+        budget = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S)
         while True:
             proc = self._spawn()
             if proc is None:
@@ -496,18 +496,14 @@ class ApiSupervisor:
                 self.stopping.wait(2.0)
             if self.stopping.is_set():
                 return
-            now = time.monotonic()
-            deaths.append(now)
-            while deaths and deaths[0] < now - RESTART_WINDOW_S:
-                deaths.popleft()
-            if len(deaths) > MAX_RESTARTS:
+            if not budget.spend():
                 log.error("the API process died %d times in %.0f s (last exit status %s);"
-                          " stopping the worker", len(deaths), RESTART_WINDOW_S, rc)
+                          " stopping the worker", len(budget.times) + 1, RESTART_WINDOW_S, rc)
                 self.on_give_up()
                 return
             log.warning("the API process exited with status %s; restarting it", rc)
             self.restarts += 1
-            self.stopping.wait(0.2 * len(deaths))
+            self.stopping.wait(0.2 * len(budget.times))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the API process (SIGTERM, SIGKILL after ``timeout``); no restart."""
