@@ -2,6 +2,14 @@
 
 Used for ``cdp.ingest``, where upstream systems that cannot be captured by CDC publish
 canonical events directly, and by tests for every event the mapper produces.
+
+Two engines, one schema: ``jsonschema-rs`` (Rust) decides whether an event is valid, in
+~5 µs; only for an invalid one does the reference ``jsonschema`` (pure Python) run, to name
+the offending path the way the error messages always have (its ``best_match``). Python's
+engine alone took ~690 µs per event: ``cdp.ingest`` could not pass 1,500 events/s on a
+core. Where the two could disagree (Python's ``$`` also matches before a final newline, Rust's
+does not), an event Rust rejects is checked again by the reference, whose verdict stands; a
+test checks that both agree on every valid and invalid example of the test suite.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 from jsonschema.exceptions import best_match  # type: ignore[import-untyped,unused-ignore]
@@ -35,6 +44,12 @@ def _validator() -> Any:
     return Draft202012Validator(schema())
 
 
+@cache
+def _fast_validator() -> Any:
+    # formats are annotations in draft 2020-12 (as for the reference validator above)
+    return jsonschema_rs.Draft202012Validator(schema(), validate_formats=False)
+
+
 def _invalid(reason: str, topic: str | None) -> MappingError:
     return MappingError(reason, topic, "invalid_event")
 
@@ -44,10 +59,11 @@ def validate_canonical(event: Any, topic: str | None = INGEST_TOPIC) -> None:
     canonical CloudEvent: the JSON Schema plus the rules a schema cannot say (real calendar
     times, ``time == data.occurred_at``, ``source``/``subject`` consistent with ``data``,
     identifiers already normalised)."""
-    error = best_match(_validator().iter_errors(event))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(event)"
-        raise _invalid(f"{where}: {error.message[:300]}", topic)
+    if not _fast_validator().is_valid(event):
+        error = best_match(_validator().iter_errors(event))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(event)"
+            raise _invalid(f"{where}: {error.message[:300]}", topic)
     data = event["data"]
     for what, value in (("time", event["time"]), ("data/occurred_at", data["occurred_at"])):
         try:
