@@ -1,11 +1,13 @@
-"""Registers the identity and profile stages as Faust agents on the worker's app.
+"""Wires the identity and profile stages into the worker's Faust app.
 
 The stages' batch work is blocking (PostgreSQL, the domain fold), so it runs off the event
 loop, which stays free for Faust's heartbeats and fetches: the identity stage on its own
-single-thread executor, the profile stage in a child process (streams/profile_process.py)
-or, with ``LOYALTY_CDP_PROFILE_PROCESS=0``, on a thread. Either executor runs one call at a
-time, in order, so a stage's batches are strictly sequential (the profile stage's timer and
-rebalance callbacks go through the same executor).
+single-thread executor, called by the canonical agent with each batch it published
+(:func:`identity_resolver`; ``streams/canonical.py`` says why it no longer consumes
+``cdp.events``), the profile stage in a child process (streams/profile_process.py) or, with
+``LOYALTY_CDP_PROFILE_PROCESS=0``, on a thread, as the agent of ``cdp.resolved``. Either
+executor runs one call at a time, in order, so a stage's batches are strictly sequential
+(the profile stage's timer and rebalance callbacks go through the same executor).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from app.settings import worker_tuning
 from streams.identity import IdentityStage
 from streams.profile_process import ProfileHandle
-from streams.topics import CANONICAL, RESOLVED
+from streams.topics import RESOLVED
+
+if TYPE_CHECKING:  # streams.canonical imports this module (crash_on_failure)
+    from streams.canonical import Canonical, Resolve
 
 log = logging.getLogger("loyalty_cdp.stages")
 
@@ -55,32 +60,35 @@ async def crash_on_failure(app: faust.App, what: str) -> AsyncIterator[None]:
         raise
 
 
-def register_stages(app: faust.App, identity: IdentityStage, profiles: ProfileHandle) -> None:
-    """The two stage agents, the profile stage's wall-clock timer and rebalance callbacks.
+def identity_resolver(app: faust.App, identity: IdentityStage) -> Resolve:
+    """The canonical agent's ``resolve``: a batch of canonical events through the identity
+    stage on its own thread (one transaction per batch, so its working set grows with the
+    canonical agent's batch)."""
+    ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
+
+    async def resolve(batch: list[Canonical]) -> None:
+        await run_stage(app, ident_exec, identity.process, batch)
+
+    return resolve
+
+
+def register_stages(app: faust.App, profiles: ProfileHandle) -> None:
+    """The profile stage's agent, its wall-clock timer and rebalance callbacks.
 
     Batch size and linger (``LOYALTY_CDP_STAGE_BATCH``, ``LOYALTY_CDP_BATCH_WITHIN_MS``): the
-    profile stage writes a batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``); the
-    identity stage resolves a batch in one transaction, so its working set grows with the
-    batch size. What arrives while a stage works is its next batch, handed on at once; only
-    an idle stage waits, up to ``within`` after its first message, for more to batch with it
-    (``take_events`` in streams/faust_patches.py).
+    profile stage writes a batch in chunks of profiles (``LOYALTY_CDP_PROFILE_CHUNK``). What
+    arrives while it works is its next batch, handed on at once; only an idle stage waits,
+    up to ``within`` after its first message, for more to batch with it (``take_events`` in
+    streams/faust_patches.py).
     """
     tuning = worker_tuning()
     batch, within = tuning.stage_batch, tuning.batch_within_ms / 1000
-    ident_exec = ThreadPoolExecutor(1, thread_name_prefix="identity")
 
     async def profile_call(name: str, *args: Any) -> None:
         async with crash_on_failure(app, "profile stage"):
             await profiles.call(name, *args)
 
-    canonical = app.topic(CANONICAL, key_serializer="raw", value_serializer="raw")
     resolved = app.topic(RESOLVED, key_serializer="raw", value_serializer="raw")
-
-    @app.agent(canonical, name="identity")
-    async def identity_agent(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(batch, within=within):
-            await run_stage(app, ident_exec, identity.process, [e.message for e in events])
-            del events  # not kept (messages and all) while the stream is idle
 
     @app.agent(resolved, name="profiles")
     async def profiles_agent(stream: faust.StreamT[Any]) -> None:

@@ -51,7 +51,7 @@ from streams.producer import BatchProducer
 from streams.profile_cache import cache_size
 from streams.profile_process import ProfileHandle, ProfileHost
 from streams.profiles import ProfileStage
-from streams.stages import register_stages
+from streams.stages import identity_resolver, register_stages
 from streams.store import Store
 from streams.topics import GUEST_PURCHASES, LOYALTY, RESOLVED
 
@@ -74,7 +74,6 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     mapper = Mapper.from_dir(conf.mappings_dir)
     topics = change_topics(load_connectors(conf.connectors_dir))
     out = BatchProducer(cfg.broker)
-    router = register_canonical_agent(app, mapper, out, topics)
     program = load_program(conf.program_file).compile()
     store = Store(cfg.store_dsn, application_name="loyalty-cdp worker")
     outbox = Outbox(store, out, cfg.broker)
@@ -82,8 +81,11 @@ def create_worker_app(cfg: WorkerSettings) -> faust.App:
     # the hand-over of parsed records only works within one process (the threaded stage)
     parsed = None if worker_tuning().profile_process else ParsedRecords()
     identity = IdentityStage(program, store, out, outbox, partitions, parsed)
+    router = register_canonical_agent(
+        app, mapper, out, topics, resolve=identity_resolver(app, identity)
+    )
     profiles = _profile_stage(cfg, program, store, out, partitions, parsed)
-    register_stages(app, identity, profiles)
+    register_stages(app, profiles)
     decisions = register_decisioning(app, cfg.broker, cfg.clock, cfg.store_dsn)
     register_metrics(app, cfg.broker, router, identity, profiles, outbox)
     register_malloc_trim(app)

@@ -3,10 +3,13 @@
 Figures (nothing here is pass/fail):
 
 * ``events_per_s``: synthetic canonical events (enrollments and purchases of ``members``
-  members) produced to ``cdp.events``, divided by the time until the identity and profile
-  stages have committed past all of them: every profile written to the store, every loyalty
-  event published and acknowledged (the issue's definition: in to profile and loyalty
-  events out). The decisioning stage runs at the same time on the same worker.
+  members) produced to ``cdp.ingest`` (the topic for canonical events published directly;
+  the worker validates them, publishes them on ``cdp.events`` and resolves their identity),
+  divided by the time until the canonical and profile stages have committed past all of
+  them: every profile written to the store, every loyalty event published and acknowledged
+  (the issue's definition: in to profile and loyalty events out). The decisioning stage
+  runs at the same time on the same worker. (Until session 9 the events went to
+  ``cdp.events``, which the identity stage consumed.)
 * ``events_per_s_with_offers``: the same, until the decisioning stage has also decided every
   loyalty event; ``stage_done_s`` says when each stage caught up (seconds from the first
   event produced).
@@ -68,6 +71,7 @@ from app.stack import embedded, postgres
 from app.stack.errors import StackError
 from app.stack.pipeline import STAGES, wait_stages
 from app.stack.state import StackPaths
+from streams.topics import INGEST
 
 Say = Callable[[str], None]
 BARE_TOPIC = "bench.bare"
@@ -188,10 +192,10 @@ def synthetic_events(members: int, events: int, tag: str) -> list[tuple[bytes, b
 
 
 def _produce(broker: str, msgs: list[tuple[bytes, bytes]]) -> None:
-    """Write ``msgs`` to ``cdp.events`` as fast as the client can, and wait for the acks."""
+    """Write ``msgs`` to ``cdp.ingest`` as fast as the client can, and wait for the acks."""
     p = Producer({"bootstrap.servers": broker, "linger.ms": 5})
     for key, value in msgs:
-        p.produce("cdp.events", value, key)
+        p.produce(INGEST, value, key)
         p.poll(0)
     p.flush(60)
     p.close()
@@ -241,7 +245,8 @@ def _wal(store: str) -> tuple[int, int] | None:
 
 
 def bare_loop(broker: str, start: list[TopicPartition], count: int) -> float:
-    """Consume ``count`` messages of ``cdp.events`` from ``start`` and produce each: msgs/s."""
+    """Consume ``count`` messages from ``start`` (the pipeline's input, ``cdp.ingest``) and
+    produce each: msgs/s."""
     AdminClient({"bootstrap.servers": broker}).create_topics([NewTopic(BARE_TOPIC, 8, 1)])
     time.sleep(0.5)
     c = Consumer(
@@ -426,7 +431,8 @@ def memory_at_scale(
         st = embedded.up(sd, clock="manual", say=_quiet)
         try:
             pid = StackPaths(sd.resolve()).process("worker").pid()
-            stages = [s for s in STAGES(embedded._connectors()) if s[0] in ("identity", "profiles")]
+            wanted = ("canonical", "profiles")
+            stages = [s for s in STAGES(embedded._connectors()) if s[0] in wanted]
             points: list[tuple[float, float]] = []
             for b in range(bursts + 1):
                 tag = f"s{b}{uuid.uuid4().hex[:5]}"
@@ -459,9 +465,9 @@ def _run(
             st = embedded.up(sd, clock="manual", say=say)
             pid = StackPaths(sd.resolve()).process("worker").pid()
             specs = embedded._connectors()
-            stages = [s for s in STAGES(specs) if s[0] != "canonical"]
+            stages = STAGES(specs)
             msgs = synthetic_events(members, events, tag)
-            start = end_offsets(st["broker"], "cdp.events")
+            start = end_offsets(st["broker"], INGEST)
             out_before = sum(tp.offset for tp in end_offsets(st["broker"], "loyalty.events"))
             rss0 = stage_rss(pid)
             roots = _roots(sd)
@@ -504,7 +510,7 @@ def _run(
             txns = next(t for t in change_topics(specs) if t.endswith(".transactions"))
             if warmup > 0:
                 # The CDC runner has been idle so far (the throughput phase writes to
-                # cdp.events directly): its JVM would compile Debezium's hot paths during
+                # cdp.ingest directly): its JVM would compile Debezium's hot paths during
                 # the measured rows. A deployment's engine is warm.
                 say(f"warm-up at {rate:,} rows/s for {warmup:.0f}s (not measured)")
                 measure_latency(st, rate, warmup, tag + "w", txns)

@@ -6,9 +6,10 @@ has reached the profile store and the output topics:
 1. capture: a fresh token is written to each source's heartbeat table; its change event
    reaches the CDC runner after every change committed before it, and the runner records the
    token only after flushing that batch to the broker;
-2. then, for each stage in order (change topics -> canonical agent -> ``cdp.events`` ->
-   identity stage -> ``cdp.resolved`` -> profile stage -> ``loyalty.events`` and
-   ``cdp.guest_purchases`` -> decisioning agent), the high watermarks of the stage's input
+2. then, for each stage in order (change topics -> canonical agent, which publishes
+   ``cdp.events`` and runs the identity stage on the same batch -> ``cdp.resolved`` ->
+   profile stage -> ``loyalty.events`` and ``cdp.guest_purchases`` -> decisioning agent),
+   the high watermarks of the stage's input
    topics are taken and the stage's group's committed offsets must reach them (the worker
    group's; the decisioning processes have their own, ``stage_group``). Each stage
    flushes its outputs before its input offsets are acknowledged, so once a stage's offsets
@@ -58,8 +59,9 @@ def _stack(state_dir: Path) -> tuple[StackPaths, StackState]:
 def STAGES(specs: list[ConnectorSpec]) -> list[tuple[str, list[str]]]:
     """(stage name, its input topics) in pipeline order."""
     return [
+        # the canonical agent acknowledges its input once the identity stage has placed the
+        # batch (streams/canonical.py): caught up here means identity is too
         ("canonical", [*change_topics(specs), "cdp.ingest"]),
-        ("identity", ["cdp.events"]),
         ("profiles", ["cdp.resolved"]),
         ("decisions", list(DECISIONS_INPUT)),  # its own group (streams/decision_process.py)
     ]

@@ -67,9 +67,10 @@ BATCH_1 = (150, 60, 501, START)
 BATCH_2 = (80, 45, 502, START + timedelta(days=30))
 BATCH_3 = (50, 30, 503, START + timedelta(days=50))
 WAIT_S = 300.0
+# the worker group's input topics (cdp.events is an output: the canonical agent hands its
+# batches to the identity stage in the worker, streams/canonical.py)
 PIPELINE_TOPICS = [
     *(f"{src}.public.{t}" for src, t in TABLES),
-    "cdp.events",
     "cdp.resolved",
 ]
 
