@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import text
 
 from app.domain.records import PurchaseRefunded
 from streams.store import Store
 from tests.domain.builders import at, buy, enroll, ids, link, refund
-from tests.stage_harness import Msg, Pipeline, clean_store, cloudevent, count
+from tests.stage_harness import Msg, Pipeline, clean_store, cloudevent, count, truncate
 
 pytest_plugins = ["tests.pg_support"]
 
@@ -98,3 +99,36 @@ def test_a_crash_between_commit_and_notifications_still_retires_the_absorbed_pro
     assert count(store, "SELECT count(*) FROM profiles") == 1
     assert count(store, "SELECT count(*) FROM profiles WHERE profile_id = 'member:9'") == 1
     assert count(store, "SELECT count(*) FROM resolved_pending") == 0  # sent, then cleared
+
+
+def _profiles(store: Store) -> dict[str, object]:
+    with store.tx() as conn:
+        return dict(conn.execute(text("SELECT profile_id, doc FROM profiles")).all())
+
+
+def test_two_workers_resolving_in_turn_agree_with_one(store: Store) -> None:
+    """Two identity stages (two workers, each with its own graph) over one store, fed in
+    turn with records that link the same people across their batches: each catches up on
+    what the other committed (under the identity lock, by records.seq), so the profiles are
+    those of one stage fed everything. Whichever worker owns which input partition, this is
+    what keeps identity exact."""
+    batches = [
+        [link("c1", at(1), customer_id="c1", email="a@x"),
+         buy("A", 5_000, at(2), customer_id="c1")],
+        [enroll("4", at(3), email="a@x"), buy("B", 7_000, at(4), customer_id="c2")],
+        [link("c2", at(5), customer_id="c2", email="a@x"), refund("RA", "A", 1_000, at(6))],
+        [buy("C", 9_000, at(7), member_no="4"), refund("RB", "B", 500, at(8))],
+    ]
+    one = Pipeline(store)
+    for b in batches:
+        one.feed(b)
+    want = _profiles(store)
+    assert list(want) == ["member:4"]  # everyone is one member in the end
+    truncate(store)
+    first, second = Pipeline(store), Pipeline(store)
+    for i, b in enumerate(batches):
+        (first if i % 2 == 0 else second).identity.process([Msg(cloudevent(r)) for r in b])
+    for p in (first, second):  # every notification, to one profile stage
+        first.out.sent += [m for m in p.out.sent if m not in first.out.sent]
+    first.drain()
+    assert _profiles(store) == want

@@ -30,7 +30,7 @@ from app.stack.ports import free_port, port_is_free
 from app.stack.process import decisions_nice, stream_nice
 from app.stack.state import StackPaths, StackState
 from app.stack.topics import apply_topics, load_plan
-from streams.topics import DECISIONS_GROUP, DECISIONS_INPUT, WORKER_GROUP
+from streams.topics import DECISIONS_GROUP, DECISIONS_INPUT, INGEST, RESOLVED, WORKER_GROUP
 
 __all__ = ["WORKER_GROUP", "down", "status", "up"]
 
@@ -246,11 +246,13 @@ def status(state_dir: Path) -> dict[str, Any]:
     }
 
 
-def wait_drained(state: StackState, topics: list[str], timeout: float) -> bool:
-    """Wait until the worker group has consumed every message on ``topics``."""
+def wait_drained(
+    state: StackState, topics: list[str], timeout: float, group: str = WORKER_GROUP
+) -> bool:
+    """Wait until ``group`` has consumed every message on ``topics``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lag = consumer_lag(state.broker, WORKER_GROUP, topics)
+        lag = consumer_lag(state.broker, group, topics)
         if lag is not None and sum(lag.values()) == 0:
             return True
         time.sleep(0.5)
@@ -319,8 +321,17 @@ def down(state_dir: Path, *, say: Say = _quiet, drain_timeout: float = 60.0) -> 
         stopped.append("cdc")
         say("stopped Debezium connectors")
     if worker.is_running() and broker.is_running():
+        # Every stage's input, in pipeline order: the broker keeps them in memory only, so
+        # what a stage has not consumed when it stops is gone (a notification on
+        # cdp.resolved, a moment on loyalty.events), and only a re-snapshot would bring the
+        # profiles and the decisions back up to date.
         say("draining: waiting for the worker to consume every captured change")
-        if wait_drained(state, change_topics(_connectors()), drain_timeout):
+        inputs = [*change_topics(_connectors()), INGEST, RESOLVED]
+        deadline = time.monotonic() + drain_timeout
+        if wait_drained(state, inputs, drain_timeout) and wait_drained(
+            state, list(DECISIONS_INPUT), max(1.0, deadline - time.monotonic()),
+            group=DECISIONS_GROUP,
+        ):
             (paths.cdc_dir / CLEAN_MARKER).write_text("drained\n")
         else:
             say("warning: not drained in time; the next `up` re-snapshots the sources")

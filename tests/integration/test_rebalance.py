@@ -3,7 +3,8 @@ Faust consumer group) while three sources are written concurrently; the profiles
 equal the offline fold, and no loyalty event may be published twice.
 
 What makes this exact is in the README ("Architecture"): identity batches serialise on a
-PostgreSQL advisory lock and catch their in-memory graph up from ``records.seq``; a profile
+PostgreSQL advisory lock and catch their in-memory graph up from ``records.seq`` (whichever
+worker owns the canonical agent's partitions); a profile
 partition's owner holds a per-partition lock and trusts its cache only while the store's
 ``version`` is its own. The second worker runs its profile stage on a thread
 (``LOYALTY_CDP_PROFILE_PROCESS=0``), the first in a child process.
@@ -74,10 +75,14 @@ def test_a_worker_joining_and_leaving_mid_stream_keeps_results_exact(stack: Run)
     assert wait_listening(port, timeout=60), "the second worker did not start"
     deadline = time.monotonic() + 90
     took = _counts(port)
-    while min(took.values()) == 0 and time.monotonic() < deadline:
+    while took["profiles"] == 0 and time.monotonic() < deadline:
         time.sleep(1)
         took = _counts(port)
-    assert min(took.values()) > 0, f"the second worker did not work in both stages: {took}"
+    # The identity stage runs where the canonical agent's input partitions are (single-
+    # partition change topics: one worker, whichever Faust's assignor picks), so the second
+    # worker may resolve nothing; identity across workers is tested at the store level
+    # (tests/test_identity_stage.py, two stages resolving in turn).
+    assert took["profiles"] > 0, f"the second worker folded nothing: {took}"
     first, second_pid = paths.process("worker").pid(), second.pid()
     assert first is not None and second_pid is not None
     assert profile_process_of(first) is not None  # the first folds in its child process,
