@@ -169,10 +169,13 @@ def _possible_ids(pid: str, record_ids: Iterable[str], member_nos: Iterable[str]
     """Every id the person's cluster can have had: the cluster id rule of the domain core
     applied to each member number and to each record as the cluster's earliest."""
     from app.domain.identity import _Cluster  # the one definition of profile ids
+    from app.domain.records import Identifier
 
     epoch = datetime.min.replace(tzinfo=UTC)
     ids = {pid} | {_Cluster((epoch, rid)).cluster_id() for rid in record_ids}
-    return ids | {_Cluster((epoch, ""), {m}).cluster_id() for m in member_nos}
+    return ids | {
+        _Cluster((epoch, ""), {Identifier("member_no", m)}).cluster_id() for m in member_nos
+    }
 
 
 def holder(conn: Connection, type_: str, value: str) -> str:

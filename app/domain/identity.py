@@ -60,17 +60,29 @@ from app.domain.records import (
 
 @dataclass(slots=True)
 class _Cluster:
+    """One cluster: every member the store has keeps one in memory, so it holds only what
+    its id needs (the member numbers are read off its identifiers: a set of their own cost
+    ~220 bytes a member)."""
+
     earliest: tuple[datetime, str]
-    member_nos: set[str] = field(default_factory=set)
     identifiers: set[Identifier] = field(default_factory=set)
-    # the cluster id, cached: whoever changes earliest or member_nos resets it to None
+    # the cluster id, cached: whoever changes earliest or the member numbers resets it
     cid: str | None = field(default=None, compare=False, repr=False)
+
+    def member_nos(self) -> list[str]:
+        return [i.value for i in self.identifiers if i.type == "member_no"]
+
+    def member_id(self) -> str | None:
+        """The smallest member number (numeric order), if any."""
+        nos = self.member_nos()
+        return min(nos, key=member_no_order) if nos else None
 
     def cluster_id(self) -> str:
         cid = self.cid
         if cid is None:
-            if self.member_nos:
-                cid = "member:" + min(self.member_nos, key=member_no_order)
+            member = self.member_id()
+            if member is not None:
+                cid = "member:" + member
             else:
                 cid = "guest:" + blake2b(self.earliest[1].encode(), digest_size=8).hexdigest()
             self.cid = cid
@@ -78,7 +90,6 @@ class _Cluster:
 
     def absorb(self, other: _Cluster) -> None:
         self.earliest = min(self.earliest, other.earliest)
-        self.member_nos |= other.member_nos
         self.identifiers |= other.identifiers
         self.cid = None
 
@@ -190,8 +201,7 @@ class IdentityGraph:
         for i in r.identifiers:
             if i not in known:
                 known.add(i)
-                if i.type == "member_no" and i.value not in cluster.member_nos:
-                    cluster.member_nos.add(i.value)
+                if i.type == "member_no":
                     cluster.cid = None
         new_id = cluster.cluster_id()
         previous: tuple[str, ...]
@@ -201,7 +211,7 @@ class IdentityGraph:
             previous = tuple(sorted({cid for cid in before if cid != new_id}))
         events: tuple[LoyaltyEvent, ...] = ()
         if len(roots) > 1:
-            member_id = min(cluster.member_nos, key=member_no_order) if cluster.member_nos else None
+            member_id = cluster.member_id()
             events = tuple(
                 LoyaltyEvent(
                     event_id("profiles_merged", r.occurred_at, r.record_id, absorbed),
@@ -261,7 +271,7 @@ class IdentityGraph:
                 {
                     "nodes": sorted(nodes),
                     "earliest": [format_time(c.earliest[0]), c.earliest[1]],
-                    "member_nos": sorted(c.member_nos),
+                    "member_nos": sorted(c.member_nos()),
                     "identifiers": c.keys(),
                 }
                 for root, nodes in sorted(roots.items())
@@ -282,9 +292,9 @@ class IdentityGraph:
                     g._purchases[node] = None
             t, rid = c["earliest"]
             pairs = (key.partition(":") for key in c["identifiers"])  # types hold no ":"
+            # (the "member_nos" written by to_dict are the member_no identifiers' values)
             g._clusters[root] = _Cluster(
-                (parse_time(t, rid), rid), set(c["member_nos"]),
-                {Identifier(intern(k), v) for k, _, v in pairs},
+                (parse_time(t, rid), rid), {Identifier(intern(k), v) for k, _, v in pairs}
             )
         return g
 
