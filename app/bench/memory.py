@@ -3,7 +3,7 @@
 The worker bounds what it keeps per member: hot states (``LOYALTY_CDP_HOT_STATES``, ~39 KB
 each), compacted ones (``LOYALTY_CDP_COLD_STATES``, ~2 KB each) and the identity graph's
 purchase nodes (``LOYALTY_CDP_PURCHASE_NODES``, ~170 bytes each); beyond them a member costs
-only its identity-graph entry (~0.8 KB: its identifiers and cluster). At the defaults those
+only its identity-graph entry (~0.7 KB: its identifiers and cluster). At the defaults those
 caches fill at 5,000 / 55,000 members and 100,000 purchases, far beyond what a benchmark can
 push through in a minute, and a burst's growth is mostly the caches filling and the batches'
 buffers, not the members. So this phase starts a second stack whose caches are small
