@@ -4,9 +4,10 @@ The identity stage's in-memory graph holds a node per purchase so that a later r
 same purchase (a POS return, which carries no identifier) lands in the purchase's cluster.
 Those nodes were ~90% of the graph: a member with 50 purchases cost ~7.5 KB of the
 worker's memory, ~0.7-0.9 KB without them (``bench domain``), and the graph holds every
-member the store has. The stage now keeps only the most recent purchase nodes (``LOYALTY_CDP_PURCHASE_NODES``) and, for a record
-naming a purchase the graph no longer knows, reads that purchase's stored records by this
-column and re-adds them to the graph first (``streams/identity.py``).
+member the store has. The stage now keeps only the most recent purchase nodes
+(``LOYALTY_CDP_PURCHASE_NODES``) and, for a record naming a purchase the graph no longer
+knows, reads that purchase's stored records by this column and re-adds them to the graph
+first (``streams/identity.py``).
 
 The column is set by the insert (the stage has the parsed record); the upgrade fills it for
 the records already stored from their canonical payload. The index is partial: only
