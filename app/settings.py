@@ -67,7 +67,7 @@ class WorkerTuning(BaseSettings):
     cold_states: int = Field(50_000, ge=0)
     #: Purchase nodes the identity stage's graph keeps, the most recent (streams/identity.py):
     #: a forgotten purchase is looked up in the store when a record names it again. About
-    #: 110 bytes each; without a bound they were ~5 KB of every member's memory.
+    #: 170 bytes each while kept; unbounded they were ~6.7 KB of a 50-purchase member.
     purchase_nodes: int = Field(100_000, ge=0)
     #: Profiles per profile-stage transaction: a batch is folded, written and published in
     #: chunks of this many, so its working set is one chunk's (streams/profiles.py).

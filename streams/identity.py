@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,9 +60,12 @@ from streams.outbox import Outbox
 from streams.parsed_records import ParsedRecords
 from streams.producer import BatchProducer
 from streams.store import Store
-from streams.topics import DLQ, RESOLVED, partition_of
+from streams.topics import CANONICAL, DLQ, RESOLVED, partition_of
 
 __all__ = ["IdentityStage", "encode_note"]
+
+#: records replayed per chunk when catching up (see ``_catch_up``)
+CATCH_UP_CHUNK = 10_000
 
 
 def encode_note(profile_id: str, refold: bool) -> bytes:
@@ -121,6 +124,10 @@ class IdentityStage:
         return record_from_cloudevent(event, currencies=self.program.currencies)
 
     def _dead_letter(self, message: Any, reason: str) -> None:
+        """A canonical event the domain refuses: its bytes are a ``cdp.events`` message, so
+        ``dlq.topic`` says so; the stage gets it from the canonical agent, not from that
+        topic, so there is no ``cdp.events`` offset to name: ``dlq.source.*`` names the
+        change (or ingest) message it was mapped from."""
         self.out.send(
             DLQ,
             message.value,
@@ -128,9 +135,10 @@ class IdentityStage:
             [
                 ("dlq.reason", reason.encode()),
                 ("dlq.code", b"invalid_record"),
-                ("dlq.topic", message.topic.encode()),
-                ("dlq.partition", str(message.partition).encode()),
-                ("dlq.offset", str(message.offset).encode()),
+                ("dlq.topic", CANONICAL.encode()),
+                ("dlq.source.topic", message.topic.encode()),
+                ("dlq.source.partition", str(message.partition).encode()),
+                ("dlq.source.offset", str(message.offset).encode()),
             ],
         )
         self.counts["dlq"] += 1
@@ -169,7 +177,10 @@ class IdentityStage:
             pending = self.store.pending_notes(conn)
             for _, pid in pending:
                 b.notes[pid] = True
-            self._restore_purchases(conn, parsed)
+            already = {pid for _, pid in pending}
+            self._restore_purchases(
+                conn, [r for r, _ in parsed] + [r for r, _ in self._load_parked(conn)]
+            )
             for r, payload in parsed:
                 self._place(r, payload, b)
             self.store.add_anonymous(conn, b.anonymous)
@@ -185,7 +196,8 @@ class IdentityStage:
             self.seq = max(self.seq, *inserted.values()) if inserted else self.seq
             parts = {e.profile_id: partition_of(e.profile_id, self.partitions) for e in b.events}
             new_events = self.outbox.add(conn, b.events, parts)
-            refolds = [pid for pid, refold in b.notes.items() if refold]
+            # (those already pending keep their row, deleted with this batch's after the flush)
+            refolds = [pid for pid, refold in b.notes.items() if refold and pid not in already]
             kept = self.store.add_pending_notes(conn, refolds)
         if self.parsed is not None:
             self.parsed.put_many(b.rows[rid]["record"] for rid in inserted)
@@ -203,14 +215,19 @@ class IdentityStage:
         self.outbox.publish(new_events)
         self.graph.forget_purchases(self.purchase_nodes)
 
-    def _restore_purchases(self, conn: Any, parsed: list[tuple[Record, bytes]]) -> None:
-        """Teach the graph the purchases this batch (or a parked record) names that it has
-        forgotten: their stored records are re-added, those with identifiers first (a
-        refund without any is placed through its purchase's node)."""
+    def _restore_purchases(self, conn: Any, records: Iterable[Record]) -> None:
+        """Teach the graph the purchases ``records`` name that it has forgotten: their
+        stored records are re-added, those with identifiers first (a refund without any is
+        placed through its purchase's node). Re-adding a record the graph has seen changes
+        nothing but the purchase node; one it has not seen yet (a later record of the
+        purchase, replayed early) is added in another order, which the graph does not
+        depend on. (The purchases of parked records are looked up on every batch, as their
+        anonymous-sale check already is: a return whose sale never came stays parked, so
+        that cost grows with ``parked_records``, which only bad data fills.)"""
         graph = self.graph
         wanted = {
             p
-            for r, _ in [*parsed, *self._load_parked(conn)]
+            for r in records
             if (p := getattr(r, "purchase_id", None)) is not None and not graph.purchase_known(p)
         }
         if not wanted:
@@ -236,12 +253,20 @@ class IdentityStage:
             if self.parsed is not None:
                 self.parsed.clear()  # no erased person's record stays in memory here
         replayed = self.store.records_after(conn, self.seq)
-        for n, (seq, payload) in enumerate(replayed, 1):
-            with contextlib.suppress(AnonymousRecord):  # stored by an earlier version
-                self.graph.add(self.parse(payload))
-            self.seq = seq
-            if n % 10_000 == 0:  # a worker's first replay reads the whole store
-                self.graph.forget_purchases(self.purchase_nodes)
+        # In chunks: the purchases a chunk names that the graph has forgotten (another
+        # worker's return of one, or, in a worker's first replay of the whole store, any
+        # return older than the newest purchase nodes) are taught back first, as for a
+        # batch; purchase nodes are forgotten between chunks only.
+        for start in range(0, len(replayed), CATCH_UP_CHUNK):
+            chunk = [(seq, self.parse(p)) for seq, p in replayed[start : start + CATCH_UP_CHUNK]]
+            self._restore_purchases(conn, (r for _, r in chunk))
+            for seq, r in chunk:
+                # AnonymousRecord: stored by an earlier version; UnknownPurchase: never for a
+                # stored record once its purchase is taught back (kept out of the crash path)
+                with contextlib.suppress(AnonymousRecord, UnknownPurchase):
+                    self.graph.add(r)
+                self.seq = seq
+            self.graph.forget_purchases(self.purchase_nodes)
         if replayed or self.seq == 0:
             self._parked_known = None  # another worker may have parked or placed records
 

@@ -45,6 +45,7 @@ PARTS = 8
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.headers: list[Sequence[tuple[str, bytes]] | None] = []  # parallel to ``sent``
 
     def send(
         self,
@@ -55,6 +56,7 @@ class FakeProducer:
         partition: int | None = None,
     ) -> None:
         self.sent.append((topic, value, key, partition))
+        self.headers.append(headers)
 
     def flush_sync(self, timeout: float = 60.0) -> None:
         pass

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from sqlalchemy import text
 
-from app.domain.records import PurchaseRefunded
+import streams.identity as identity_module
+from app.domain.records import PurchaseRefunded, Record
 from streams.store import Store
 from tests.domain.builders import at, buy, enroll, ids, link, refund
 from tests.stage_harness import Msg, Pipeline, clean_store, cloudevent, count, truncate
@@ -89,10 +91,13 @@ def test_a_crash_between_commit_and_notifications_still_retires_the_absorbed_pro
     p.out.flush_sync = dies  # type: ignore[method-assign]
     with pytest.raises(_Crash):
         p.identity.process([Msg(cloudevent(r)) for r in enrolment])
-    p.out.sent.clear()  # never reached the broker
-    del p.out.flush_sync
     # the rename's two refold notifications (guest and member:9) wait in the store
     assert count(store, "SELECT count(*) FROM resolved_pending") == 2
+    with pytest.raises(_Crash):  # the redelivery fails too: they are not written twice
+        p.identity.process([Msg(cloudevent(r)) for r in enrolment])
+    assert count(store, "SELECT count(*) FROM resolved_pending") == 2
+    p.out.sent.clear()  # never reached the broker
+    del p.out.flush_sync
     # the restarted worker: a new stage (graph replayed from the store), the batch redelivered
     again = Pipeline(store)
     again.feed(enrolment)
@@ -132,3 +137,60 @@ def test_two_workers_resolving_in_turn_agree_with_one(store: Store) -> None:
         first.out.sent += [m for m in p.out.sent if m not in first.out.sent]
     first.drain()
     assert _profiles(store) == want
+
+
+def test_catching_up_teaches_forgotten_purchases(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's record names a purchase this worker has forgotten; and a restarted
+    worker replays the whole store in chunks while forgetting purchase nodes between them.
+    Both catch-ups teach the purchase back first: nobody crashes on an unknown purchase, and
+    the merge another worker made through the purchase is seen (one person, one profile)."""
+    monkeypatch.setattr(identity_module, "CATCH_UP_CHUNK", 1)  # forget after every record
+    first, second = Pipeline(store), Pipeline(store)
+    first.identity.purchase_nodes = second.identity.purchase_nodes = 0
+
+    def run(p: Pipeline, records: list[Record]) -> None:
+        p.identity.process([Msg(cloudevent(r)) for r in records])
+
+    run(first, [buy("A", 1_000, at(1), customer_id="c1"),
+                link("c2", at(1), customer_id="c2", email="z@x")])
+    assert not first.identity.graph.purchase_known("pos:A")
+    # the second worker links c2's email to c1's purchase: one person
+    run(second, [PurchaseRefunded("pos.returns:R1", "pos", "returns", "R1", at(2),
+                                  ids(email="z@x"), "R1", "pos:A", 100)])
+    # the first worker catches that up (pos:A forgotten: only the store knows it is c1's)
+    # with a batch that names no purchase: a new record of c2 must join the merged person
+    run(first, [link("c2b", at(3), customer_id="c2")])
+    assert first.identity.graph.cluster_of("customer_id", "c1") == (
+        first.identity.graph.cluster_of("customer_id", "c2"))
+    assert count(store, "SELECT count(DISTINCT profile_id) FROM records") == 1
+    # the same worker places a return without identifiers of that purchase
+    run(first, [refund("R2", "A", 100, at(4))])
+    # a restarted worker: the whole store replayed one record per chunk, forgetting the
+    # purchase between chunks (the old replay raised UnknownPurchase on R2 here)
+    again = Pipeline(store)
+    again.identity.purchase_nodes = 0
+    run(again, [link("c1b", at(5), customer_id="c1")])
+    assert again.identity.graph.cluster_of("customer_id", "c2") == (
+        again.identity.graph.cluster_of("customer_id", "c1"))
+    assert count(store, "SELECT count(*) FROM parked_records") == 0
+    assert count(store, "SELECT count(DISTINCT profile_id) FROM records") == 1
+
+
+def test_a_refused_canonical_event_is_dead_lettered_as_a_cdp_events_message(
+    store: Store,
+) -> None:
+    p = Pipeline(store)
+    bad = orjson.loads(cloudevent(buy("A", 1_000, at(1), customer_id="c1")))
+    bad["data"]["amount_cents"] = -5  # the domain refuses a negative amount
+    p.identity.process([Msg(orjson.dumps(bad), topic="pos.public.transactions", partition=0,
+                            offset=41)])
+    [(value, headers)] = [(m[1], h) for m, h in zip(p.out.sent, p.out.headers, strict=True)
+                          if m[0] == "cdp.dlq"]
+    assert value == orjson.dumps(bad)
+    assert dict(headers or []) == {
+        "dlq.reason": dict(headers or [])["dlq.reason"], "dlq.code": b"invalid_record",
+        "dlq.topic": b"cdp.events", "dlq.source.topic": b"pos.public.transactions",
+        "dlq.source.partition": b"0", "dlq.source.offset": b"41",
+    }

@@ -8,6 +8,7 @@ import pytest
 from alembic import command
 
 from app.db.migrate import alembic_config, database_dsn, ensure_database, upgrade
+from app.domain.records import MemberEnrolled, PurchaseCompleted, PurchaseRefunded
 from streams.decisioning import PUSH_TOKEN_SQL
 from streams.store import _UPSERT_PROFILES
 
@@ -125,9 +126,10 @@ def test_the_upgrade_fills_the_purchase_id_of_stored_records(pg_admin_dsn: str) 
         ensure_database(admin, "cdp_purchase_test")
     dsn = database_dsn(pg_admin_dsn, "cdp_purchase_test")
     upgrade("cdp", dsn, "cdp_0009")
-    rows = [("r1", "purchase.completed", b'{"data": {"purchase_id": "pos:A", "amount_cents": 5}}'),
-            ("r2", "purchase.refunded", b'{"data": {"purchase_id": "pos:A"}}'),
-            ("r3", "member.enrolled", b'{"data": {"member_no": "1"}}')]
+    # the types as the identity stage stores them (Record.TYPE)
+    rows = [("r1", PurchaseCompleted.TYPE, b'{"data": {"purchase_id": "pos:A", "x": 5}}'),
+            ("r2", PurchaseRefunded.TYPE, b'{"data": {"purchase_id": "pos:A"}}'),
+            ("r3", MemberEnrolled.TYPE, b'{"data": {"member_no": "1"}}')]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for rid, type_, payload in rows:
             conn.execute("INSERT INTO records (record_id, profile_id, occurred_at, type, payload)"
@@ -142,6 +144,14 @@ def test_the_upgrade_fills_the_purchase_id_of_stored_records(pg_admin_dsn: str) 
             "EXPLAIN SELECT payload FROM records WHERE purchase_id = ANY(%s::text[])",
             (["pos:A"],)))
         assert "records_purchase_idx" in plan
+        # a store upgraded by cdp_0010's first version (it filled nothing): cdp_0012 fills it
+        conn.execute("UPDATE records SET purchase_id = NULL")
+    command.downgrade(alembic_config("cdp", dsn), "cdp_0011")
+    upgrade("cdp", dsn, "head")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM records WHERE purchase_id = 'pos:A'"
+        ).fetchone() == (2,)
     command.downgrade(alembic_config("cdp", dsn), "cdp_0009")
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute(

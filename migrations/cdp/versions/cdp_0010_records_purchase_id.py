@@ -27,20 +27,33 @@ down_revision: str | None = "cdp_0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PURCHASE_TYPES = "('purchase.completed', 'purchase.refunded', 'purchase.line')"
+#: ``records.type`` holds the canonical CloudEvent type (``Record.TYPE``)
+PURCHASE_TYPES = "('cdp.purchase.completed', 'cdp.purchase.refunded', 'cdp.purchase.line')"
+
+#: fills the column from the stored payloads (cdp_0012 runs it again, for a store upgraded
+#: by the first version of this migration, whose filter named the types without ``cdp.``)
+BACKFILL = (
+    "UPDATE records SET purchase_id = convert_from(payload, 'UTF8')::jsonb"
+    " #>> '{data,purchase_id}'"
+    f" WHERE purchase_id IS NULL AND type IN {PURCHASE_TYPES}"
+)
 
 
 def upgrade() -> None:
     op.execute("ALTER TABLE records ADD COLUMN purchase_id text")
-    op.execute(
-        "UPDATE records SET purchase_id = convert_from(payload, 'UTF8')::jsonb"
-        " #>> '{data,purchase_id}'"
-        f" WHERE type IN {PURCHASE_TYPES}"
-    )
-    op.execute(
-        "CREATE INDEX records_purchase_idx ON records (purchase_id)"
-        " WHERE purchase_id IS NOT NULL"
-    )
+    op.execute(BACKFILL)
+    # built without blocking the identity stage's inserts into a large ``records`` table (as
+    # cdp_0008); a build that failed half-way leaves an INVALID index: dropped, built again
+    with op.get_context().autocommit_block():
+        op.execute(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c"
+            " ON c.oid = i.indexrelid WHERE c.relname = 'records_purchase_idx'"
+            " AND NOT i.indisvalid) THEN DROP INDEX records_purchase_idx; END IF; END $$"
+        )
+        op.execute(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS records_purchase_idx ON records"
+            " (purchase_id) WHERE purchase_id IS NOT NULL"
+        )
 
 
 def downgrade() -> None:

@@ -14,7 +14,7 @@ them once the broker has acknowledged them. Every identity batch (any worker: th
 the identity lock in turn) first sends whatever it finds here, so a dead worker's
 notifications go out with the next batch. Notifications are idempotent, so sending one twice
 costs a re-read, never a wrong result. Merges and renames are rare: the table is nearly
-always empty, and reading it is one index-only probe per batch.
+always empty, and reading it costs each batch one scan of that (tiny) table.
 
 Revision ID: cdp_0011
 Revises: cdp_0010
