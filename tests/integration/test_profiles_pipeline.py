@@ -44,6 +44,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from jsonschema import Draft202012Validator
 
+from app.cdc.runner import CLEAN_MARKER
 from app.domain.program import CompiledProgram, load_program
 from app.domain.records import PurchaseCompleted
 from app.mapping.engine import Mapper
@@ -545,3 +546,20 @@ def test_profile_snapshots_are_valid(run: Run) -> None:
     assert set(live) == set(got)
     stale = [k for k in got if live[k] != got[k]]
     assert not stale, f"{len(stale)} profiles whose latest snapshot is not the stored one"
+
+
+# -- last: it restarts the broker (empty topics), which the tests above read ------------
+
+
+def test_down_with_a_backlog_then_up_loses_nothing(run: Run) -> None:
+    """``down`` right after the sources were written, with the stages still behind: it must
+    drain every stage's input before the broker's memory goes (it used to wait for the
+    change topics only, and the clean-shutdown marker then kept the next ``up`` from
+    reading the rest again), so the profiles after ``up`` are still the offline fold."""
+    writers = Writers(run, generate(60, 20, 704, START + timedelta(days=40)))  # full speed
+    writers.join()
+    embedded.down(run.state_dir)
+    assert (StackPaths(run.state_dir).cdc_dir / CLEAN_MARKER).exists(), "not drained in time"
+    embedded.up(run.state_dir)
+    settle(run)
+    assert_profiles_match(run, "after down with a backlog, then up")
