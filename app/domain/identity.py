@@ -13,14 +13,14 @@ has no identity and forms no profile; :meth:`IdentityGraph.add` raises
 a store's sales), so the identifier-less return of such a sale is an unknown purchase here;
 the stream adapter recognises it from the anonymous sales it recorded.
 
-Purchase nodes are most of a graph (a member with 50 purchases has 52 nodes, ~5.8 KB; without
-them ~0.8 KB), and only a later record of the same purchase ever looks one up. So a graph can
-forget them (:meth:`IdentityGraph.forget_purchases`, oldest first, never a cluster's root) and
-be taught one again by re-adding any stored record of that purchase: adding a record the graph
-has seen changes nothing but the purchase node. A caller that forgets must do that before it
-adds a record naming a purchase the graph does not know (:meth:`IdentityGraph.purchase_known`);
-the identity stage looks them up in the store (``streams/identity.py``). The pure graph never
-forgets on its own.
+Purchase nodes are most of a graph (a member with 50 purchases has 52 nodes, ~7.4 KB;
+without them ~0.7 KB, ``bench domain``), and only a later record of the same purchase ever
+looks one up. So a graph can forget them (:meth:`IdentityGraph.forget_purchases`, oldest
+first, never a cluster's root) and be taught one again by re-adding any stored record of
+that purchase: adding a record the graph has seen changes nothing but the purchase node. A
+caller that forgets must do that before it adds a record naming a purchase the graph does
+not know (:meth:`IdentityGraph.purchase_known`); the identity stage looks them up in the
+store (``streams/identity.py``). The pure graph never forgets on its own.
 
 A non-merging identifier (phone by default) is *attached* to the cluster of its record but
 never joins two clusters: two people sharing a household phone stay two profiles.
@@ -53,8 +53,8 @@ from app.domain.records import (
     Record,
     UnknownPurchase,
     format_time,
-    member_no_order,
     parse_time,
+    smallest_member_no,
 )
 
 
@@ -72,15 +72,10 @@ class _Cluster:
     def member_nos(self) -> list[str]:
         return [i.value for i in self.identifiers if i.type == "member_no"]
 
-    def member_id(self) -> str | None:
-        """The smallest member number (numeric order), if any."""
-        nos = self.member_nos()
-        return min(nos, key=member_no_order) if nos else None
-
     def cluster_id(self) -> str:
         cid = self.cid
         if cid is None:
-            member = self.member_id()
+            member = smallest_member_no(self.identifiers)
             if member is not None:
                 cid = "member:" + member
             else:
@@ -211,7 +206,7 @@ class IdentityGraph:
             previous = tuple(sorted({cid for cid in before if cid != new_id}))
         events: tuple[LoyaltyEvent, ...] = ()
         if len(roots) > 1:
-            member_id = cluster.member_id()
+            member_id = smallest_member_no(cluster.identifiers)
             events = tuple(
                 LoyaltyEvent(
                     event_id("profiles_merged", r.occurred_at, r.record_id, absorbed),
