@@ -189,8 +189,10 @@ def test_a_refused_canonical_event_is_dead_lettered_as_a_cdp_events_message(
     [(value, headers)] = [(m[1], h) for m, h in zip(p.out.sent, p.out.headers, strict=True)
                           if m[0] == "cdp.dlq"]
     assert value == orjson.dumps(bad)
-    assert dict(headers or []) == {
-        "dlq.reason": dict(headers or [])["dlq.reason"], "dlq.code": b"invalid_record",
-        "dlq.topic": b"cdp.events", "dlq.source.topic": b"pos.public.transactions",
-        "dlq.source.partition": b"0", "dlq.source.offset": b"41",
+    named = dict(headers or [])
+    assert named.pop("dlq.reason")  # the domain's reason, whatever its words
+    assert named == {
+        "dlq.code": b"invalid_record", "dlq.topic": b"cdp.events",
+        "dlq.source.topic": b"pos.public.transactions", "dlq.source.partition": b"0",
+        "dlq.source.offset": b"41",
     }
