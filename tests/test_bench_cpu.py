@@ -54,6 +54,15 @@ def test_children_of_the_worker_are_split_by_what_they_run() -> None:
     assert now["postgres"] == now["broker"] == now["cdc"] == 0.0
 
 
+def test_a_child_that_exited_keeps_its_time_in_its_role() -> None:
+    # PostgreSQL's backends come and go; the postmaster reaps them
+    before = cpu_by_role({"postgres": os.getpid()})["postgres"]
+    child = subprocess.Popen([sys.executable, "-c", _BURN.format(s=0.5).replace("30", "0")])
+    child.wait()
+    after = cpu_by_role({"postgres": os.getpid()})["postgres"]
+    assert after - before >= 0.45
+
+
 def test_the_stage_processes_are_the_worker_and_its_profile_child() -> None:
     profiles = _burn(0.0, "spawn_main", name=PROFILES_NAME)
     other = _burn(0.0, "spawn_main")

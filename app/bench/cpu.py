@@ -8,8 +8,10 @@ Roles: ``worker`` (the stream worker's own process: Faust, the canonical and ide
 ``profiles`` (its profile-stage child, named ``lcdp-profiles``; the worker itself when
 ``LOYALTY_CDP_PROFILE_PROCESS=0``), ``decisions`` (its decisioning child), ``api`` (its API
 child), ``postgres`` (the server and
-every backend), ``broker`` and ``cdc``. A process that exits between two readings loses its
-time, which is fine for a bench over a steady stack.
+every backend), ``broker`` and ``cdc``. A process that exits between two readings keeps its
+time in the role: once reaped, the kernel adds it to its parent's (``cutime``/``cstime``),
+and each process counts its reaped children's time with its own. Without that, PostgreSQL's
+figure went negative in a run where backends exited during the latency phase (session 10).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ _PROC = Path("/proc")
 
 
 def _table() -> tuple[dict[int, int], dict[int, float], dict[int, str]]:
-    """(parent, cpu seconds, command line) of every readable process."""
+    """(parent, cpu seconds, command line) of every readable process; a process's seconds
+    include those of its children that exited and were reaped (see the module doc)."""
     tick = os.sysconf("SC_CLK_TCK")
     ppid: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -43,7 +46,8 @@ def _table() -> tuple[dict[int, int], dict[int, float], dict[int, str]]:
         except OSError:
             continue
         ppid[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        # utime, stime, cutime, cstime (stat fields 14-17)
+        cpu[pid] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
     return ppid, cpu, cmd
 
 
