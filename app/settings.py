@@ -78,7 +78,7 @@ class WorkerTuning(BaseSettings):
     #: stage hands on what arrived during its last batch at once; streams/faust_patches.py).
     #: 20 ms since session 6 (was 200): at 500 rows/s commit -> loyalty event went from
     #: p50 807 / p99 1,377 ms to 412 / 850 ms; a burst's throughput fell ~13% (smaller
-    #: first batches downstream), README Benchmarks.
+    #: first batches downstream), docs/benchmarks-history.md (session 6).
     batch_within_ms: int = Field(20, ge=1, le=60_000)
     #: Messages an agent's stream queues ahead of its take buffer (streams/app.py).
     stream_buffer: int = Field(4096, ge=64, le=1_000_000)

@@ -134,7 +134,8 @@ def consumer_config(broker: str, fetch_wait_ms: int) -> dict[str, Any]:
         # fetch a partition again only once its fetched messages were taken: librdkafka
         # otherwise keeps a fetch outstanding all the time (up to 100,000 queued messages a
         # partition), and the embedded broker spends CPU on a fetch for as long as it holds
-        # it: 16 busy partitions cost it ~0.19 of a core, ~0.03 this way (README, session 7)
+        # it: 16 busy partitions cost it ~0.19 of a core, ~0.03 this way
+        # (docs/benchmarks-history.md, session 7)
         "queued.min.messages": 1,
         # the embedded broker's first group join takes ~25 s at the default 45 s
         "session.timeout.ms": 6000,

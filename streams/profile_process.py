@@ -4,8 +4,9 @@ Why a process: at 1,000 rows/s the worker's one GIL was saturated (py-spy: Faust
 loop 39%, aiokafka's consumer thread 23%, the identity stage 18%, the profile stage 23%), so
 a notification waited for the profile batch before its own and then for its own, each
 running on under a quarter of a core: the profile stage was the hop with most of the
-latency (README, Benchmarks). In a process of its own the fold, the store round trips and
-the publication run beside the worker's delivery and identity work, on the other core.
+latency (docs/benchmarks-history.md, session 5). In a process of its own the fold, the store
+round trips and the publication run beside the worker's delivery and identity work, on the
+other core.
 
 What stays the same: the Faust agent in the worker consumes ``cdp.resolved`` and awaits
 each batch before it takes the next, and acknowledges it only once the batch returned, so

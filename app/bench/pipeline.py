@@ -37,7 +37,7 @@ Figures (nothing here is pass/fail):
   process (the stages) over the throughput phase divided by the members it added (state
   cache, graph, Python overhead included).
   Most of it is the high-water mark of the stages' batches, which does not depend on the
-  member count (README, Benchmarks), so also:
+  member count (docs/benchmarks-history.md, session 3), so also:
 * ``rss_bytes_per_added_member``: the growth over a second burst of the same size for as
   many new members, per member: what a further member costs once the batches' working set
   is in place (at this size every member is still a hot state).

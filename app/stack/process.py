@@ -12,7 +12,7 @@ checkout waiting on ``POST /v1/decisions`` should not queue behind a stage's bat
 broker's fetch loop; the streams lose nothing but a few milliseconds when the API is busy,
 and nothing at all when it is idle (niceness only matters when the cores are contended).
 Measured: at 500 req/s the API's p99 went from 12-19 ms to about 11 ms with only that
-change, on the 2-core host with the stack idle (README, Benchmarks).
+change, on the 2-core host with the stack idle (docs/benchmarks-history.md, session 3).
 """
 
 from __future__ import annotations
