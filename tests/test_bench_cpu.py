@@ -9,7 +9,14 @@ import time
 
 import pytest
 
-from app.bench.cpu import PROFILES_NAME, ROLES, cpu_by_role, per_event_ms, stage_processes
+from app.bench.cpu import (
+    PROFILES_NAME,
+    ROLES,
+    cores,
+    cpu_by_role,
+    per_event_ms,
+    stage_processes,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 
@@ -92,3 +99,12 @@ def test_per_event_ms() -> None:
     }
     assert per_event_ms({}, b, 1000) == {}
     assert per_event_ms(a, b, 0) == {}
+
+
+def test_cores() -> None:
+    a = dict.fromkeys(ROLES, 1.0)
+    b = {**a, "worker": 3.0, "broker": 2.0}
+    busy = {**dict.fromkeys(ROLES, 0.0), "worker": 0.5, "broker": 0.25, "total": 0.75}
+    assert cores(a, b, 4.0) == busy
+    assert cores({}, b, 4.0) == {}
+    assert cores(a, b, 0.0) == {}

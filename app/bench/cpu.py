@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["PROFILES_NAME", "ROLES", "cpu_by_role", "per_event_ms", "stage_processes"]
+__all__ = ["PROFILES_NAME", "ROLES", "cores", "cpu_by_role", "per_event_ms", "stage_processes"]
 
 ROLES = ("worker", "profiles", "decisions", "api", "postgres", "broker", "cdc")
 #: ``streams.profile_process.PROCESS_NAME`` (not imported: that module imports Faust)
@@ -108,5 +108,18 @@ def per_event_ms(
     if not before or not after or events <= 0:
         return {}
     out = {r: round((after[r] - before[r]) * 1000 / events, 3) for r in ROLES}
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
+def cores(
+    before: Mapping[str, float], after: Mapping[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores each role kept busy between two readings ``seconds`` apart, and their
+    ``total``: what the stack asks of the host at a steady rate (per-row CPU over a window
+    that also holds waits and tails overstates it)."""
+    if not before or not after or seconds <= 0:
+        return {}
+    out = {r: round((after[r] - before[r]) / seconds, 3) for r in ROLES}
     out["total"] = round(sum(out.values()), 3)
     return out

@@ -63,7 +63,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.bench.cdc import ArrivalRecorder, _percentile, bench_state_dir, machine_info
-from app.bench.cpu import cpu_by_role, per_event_ms
+from app.bench.cpu import cores, cpu_by_role, per_event_ms
 from app.bench.hops import end_offsets, hop_latencies, read_since
 from app.bench.memory import SCALE_CACHES, least_squares_slope, scale_caches, stage_rss
 from app.cdc.connectors import change_topics
@@ -122,6 +122,9 @@ class PipelineBenchResult:
     #: CPU ms per row by process role over the latency phase (writing, the 20 s wait for
     #: the last rows included; decisioning runs then too)
     latency_cpu_ms_per_row: dict[str, float] = field(default_factory=dict)
+    #: cores kept busy by each process role while the latency rows were written (session
+    #: 10): the stack's demand at that rate, or the host's limit when it is short of it
+    latency_cores_while_writing: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -307,10 +310,16 @@ def _roots(sd: Path) -> dict[str, int | None]:
 
 
 def measure_latency(
-    st: dict[str, Any], rate: int, duration: float, tag: str, change_topic: str
-) -> tuple[int, int, list[float], dict[str, dict[str, float]]]:
+    st: dict[str, Any],
+    rate: int,
+    duration: float,
+    tag: str,
+    change_topic: str,
+    roots: dict[str, int | None] | None = None,
+) -> tuple[int, int, list[float], dict[str, dict[str, float]], dict[str, float]]:
     """Enrolled-card POS transactions at ``rate``/s; commit -> points_earned latency (ms),
-    and the same per hop (``app/bench/hops.py``; ``change_topic``: the rows' change topic)."""
+    the same per hop (``app/bench/hops.py``; ``change_topic``: the rows' change topic), and
+    with ``roots`` the cores each role kept busy while the rows were written."""
     dsn = st["sources"]["pos"]
     broker = st["broker"]
     cards = 200
@@ -331,6 +340,7 @@ def measure_latency(
     topics = (change_topic, "cdp.events", "cdp.resolved", "loyalty.events")
     starts = {t: end_offsets(broker, t) for t in topics}
     with _EarnedRecorder(broker, "loyalty.events") as rec, psycopg.connect(dsn) as conn:
+        cpu0 = cpu_by_role(roots) if roots else {}
         start = time.perf_counter()
         for n, i in enumerate(range(0, total, per_txn)):
             delay = start + n * interval - time.perf_counter()
@@ -348,10 +358,11 @@ def measure_latency(
             for t in batch:
                 commits[f"pos.transactions:{t}@purchase.completed".encode()] = now
                 walls[t] = wall
+        busy = cores(cpu0, cpu_by_role(roots), time.perf_counter() - start) if roots else {}
         keys = list(commits)
         received = rec.wait_for(keys, idle_timeout=20)
         lat = sorted((rec.arrivals[k] - commits[k]) * 1000 for k in keys if k in rec.arrivals)
-    return total, received, lat, _hops(broker, starts, walls, topics)
+    return total, received, lat, _hops(broker, starts, walls, topics), busy
 
 
 def _txn(record_id: str) -> str:
@@ -516,7 +527,9 @@ def _run(
                 measure_latency(st, rate, warmup, tag + "w", txns)
             say(f"latency at {rate:,} rows/s for {duration:.0f}s")
             before, cpu_before = _stage_counts(st), cpu_by_role(roots)
-            total, received, lat, hops = measure_latency(st, rate, duration, tag, txns)
+            total, received, lat, hops, busy = measure_latency(
+                st, rate, duration, tag, txns, roots
+            )
             batches = stage_batches(before, _stage_counts(st))
             latency_cpu = per_event_ms(cpu_before, cpu_by_role(roots), total)
             if received < total:
@@ -539,6 +552,7 @@ def _run(
                 latency_hops_ms=hops,
                 latency_batches=batches,
                 latency_cpu_ms_per_row=latency_cpu,
+                latency_cores_while_writing=busy,
                 wal_bytes_per_event=round(wal[0] / len(msgs), 1) if wal else None,
                 wal_records_per_event=round(wal[1] / len(msgs), 2) if wal else None,
                 rss_bytes_per_member=round(max(0, rss1 - rss0) / members, 1),
