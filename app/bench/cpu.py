@@ -10,8 +10,9 @@ Roles: ``worker`` (the stream worker's own process: Faust, the canonical and ide
 child), ``postgres`` (the server and
 every backend), ``broker`` and ``cdc``. A process that exits between two readings keeps its
 time in the role: once reaped, the kernel adds it to its parent's (``cutime``/``cstime``),
-and each process counts its reaped children's time with its own. Without that, PostgreSQL's
-figure went negative in a run where backends exited during the latency phase (session 10).
+and each process counts its reaped children's time with its own (so a replaced child of the
+worker, once reaped, counts as the worker's). Without that, PostgreSQL's figure went negative
+in a run where backends exited during the latency phase (session 10).
 """
 
 from __future__ import annotations
