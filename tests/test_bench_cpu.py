@@ -20,10 +20,11 @@ from app.bench.cpu import (
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 
-# burn ``s`` CPU seconds, then stay alive (a process that has exited loses its time)
+# burn ``s`` CPU seconds, then stay alive ``stay`` seconds (read while alive, a process counts
+# under its own command line and name, which is how the tests tell the roles apart)
 _BURN = (
     "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
-    "time.sleep(30)\n"
+    "time.sleep({stay})\n"
 )
 
 
@@ -34,7 +35,7 @@ _NAMED = "import ctypes\nctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n"
 def _burn(seconds: float, *tag: str, name: str = "") -> subprocess.Popen[bytes]:
     # the tag lands in the child's command line, the name in /proc/<pid>/comm: that is how
     # roles are told apart
-    code = (_NAMED.format(name=name) if name else "") + _BURN.format(s=seconds)
+    code = (_NAMED.format(name=name) if name else "") + _BURN.format(s=seconds, stay=30)
     return subprocess.Popen([sys.executable, "-c", code, *tag])
 
 
@@ -64,7 +65,7 @@ def test_children_of_the_worker_are_split_by_what_they_run() -> None:
 def test_a_child_that_exited_keeps_its_time_in_its_role() -> None:
     # PostgreSQL's backends come and go; the postmaster reaps them
     before = cpu_by_role({"postgres": os.getpid()})["postgres"]
-    child = subprocess.Popen([sys.executable, "-c", _BURN.format(s=0.5).replace("30", "0")])
+    child = subprocess.Popen([sys.executable, "-c", _BURN.format(s=0.5, stay=0)])
     child.wait()
     after = cpu_by_role({"postgres": os.getpid()})["postgres"]
     assert after - before >= 0.45

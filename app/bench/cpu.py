@@ -106,11 +106,7 @@ def per_event_ms(
     before: Mapping[str, float], after: Mapping[str, float], events: int
 ) -> dict[str, float]:
     """CPU milliseconds per event of each role between two readings, and their ``total``."""
-    if not before or not after or events <= 0:
-        return {}
-    out = {r: round((after[r] - before[r]) * 1000 / events, 3) for r in ROLES}
-    out["total"] = round(sum(out.values()), 3)
-    return out
+    return _per(before, after, events / 1000)
 
 
 def cores(
@@ -119,8 +115,14 @@ def cores(
     """Cores each role kept busy between two readings ``seconds`` apart, and their
     ``total``: what the stack asks of the host at a steady rate (per-row CPU over a window
     that also holds waits and tails overstates it)."""
-    if not before or not after or seconds <= 0:
+    return _per(before, after, seconds)
+
+
+def _per(before: Mapping[str, float], after: Mapping[str, float], unit: float) -> dict[str, float]:
+    """Each role's CPU seconds between two readings divided by ``unit``, and their ``total``
+    (empty without both readings or a positive unit)."""
+    if not before or not after or unit <= 0:
         return {}
-    out = {r: round((after[r] - before[r]) / seconds, 3) for r in ROLES}
+    out = {r: round((after[r] - before[r]) / unit, 3) for r in ROLES}
     out["total"] = round(sum(out.values()), 3)
     return out
